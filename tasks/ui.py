@@ -1,0 +1,35 @@
+"""Output for people: tables and one-line messages, plain when not on a terminal."""
+from __future__ import annotations
+
+import sys
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    # highlight=False: addresses and versions are printed as they are, not recoloured.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def table(title: str, columns, rows) -> None:
+    from rich.table import Table
+
+    out = console()
+    if not out.is_terminal:
+        # Plain, tab-separated, one row a line: easy to read in CI logs and to grep.
+        print(title)
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(str(v) for v in row))
+        sys.stdout.flush()
+        return
+    grid = Table(title=title, title_justify="left")
+    for column in columns:
+        grid.add_column(column)
+    for row in rows:
+        grid.add_row(*(str(v) for v in row))
+    out.print(grid)
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
