@@ -160,10 +160,12 @@ def plan(folder: Path, want: Want) -> dict[str, tuple[bytes, int]]:
         pair = _load(folder, cert_name, key_name)
         if _still_good(pair, ca_cert, sans):
             continue
-        key = pair[1] if pair and not isinstance(pair, Exception) and isinstance(pair[1], rsa.RSAPrivateKey) else _new_key()
-        cert = issue(ca_cert, ca_key, cn, key, usage, sans, now)
-        out[cert_name] = (_cert_pem(cert), 0o644)
-        out[key_name] = (_key_pem(key), 0o600)
+        # Keep a readable RSA key: only what the certificate says has changed.
+        reuse = pair and not isinstance(pair, Exception) and isinstance(pair[1], rsa.RSAPrivateKey)
+        key = pair[1] if reuse else _new_key()
+        out[cert_name] = (_cert_pem(issue(ca_cert, ca_key, cn, key, usage, sans, now)), 0o644)
+        if not reuse:
+            out[key_name] = (_key_pem(key), 0o600)
     return out
 
 

@@ -1,0 +1,40 @@
+"""Shared test helpers: the project's default configuration and a real `inv` run."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT.parent / "shared" / "seed"
+DEFAULTS = yaml.safe_load((ROOT / "invoke.yaml").read_text())
+
+
+def make_config(tmp_path: Path, **sections) -> dict:
+    """The defaults from invoke.yaml, outputs under tmp_path, sections updated key by key."""
+    config = copy.deepcopy(DEFAULTS)
+    config["paths"] = {"output": str(tmp_path / "out"), "downloads": str(tmp_path / "downloads")}
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def run_inv(tmp_path: Path, *args: str, config: dict | None = None, timeout: float = 300,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `inv` on the project with `config` as its `-f` file."""
+    overrides = tmp_path / "test-config.yaml"
+    overrides.write_text(yaml.safe_dump(config if config is not None else make_config(tmp_path)))
+    return subprocess.run([sys.executable, "-m", "invoke", "-f", str(overrides), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def config(tmp_path):
+    return make_config(tmp_path)
+
+
+from sshnodes import ssh_cluster, ssh_nodes  # noqa: E402,F401  (real sshd nodes, see tests/sshnodes.py)
