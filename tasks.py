@@ -4,15 +4,17 @@ Invoke's root collection. The step modules live in the `tasks/` folder, which
 this module makes its package (see docs/design.md), so `tasks.render` etc.
 import the same way under `inv` and under pytest.
 """
+import importlib
 from pathlib import Path
 
 from invoke import Collection
 
 __path__ = [str(Path(__file__).resolve().parent / "tasks")]
 
-from tasks import render  # noqa: E402  (needs __path__ above)
+# Step modules, in the order of the procedure; each exports TASKS.
+STEPS = ("render", "download", "vm", "copy", "addons", "verify")
 
 ns = Collection()
-for module in (render,):
-    for task in module.TASKS:
-        ns.add_task(task)
+for step in STEPS:
+    for t in importlib.import_module(f"tasks.{step}").TASKS:
+        ns.add_task(t)

@@ -20,7 +20,7 @@ SCHEMA = {
     "cluster": {
         "num_instances": int, "instance_name_prefix": str, "first_ip": str,
         "network": str, "provider": str, "hosts": list,
-        "user_data_path": str, "activate_command": str,
+        "user_data_path": str, "activate_command": str, "ssh_timeout": int,
     },
     "vm": {
         "box": str, "box_url": str, "memory": int, "cpus": int,
@@ -35,6 +35,8 @@ SCHEMA = {
         "parallel": int, "timeout": int, "retries": int, "lock_file": str,
         "mirrors": dict, "artifacts": list,
     },
+    "addons": {"manifests": list, "timeout": int},
+    "verify": {"timeout": int, "interval": int, "api_url": str, "ui_path": str},
 }
 HOST_KEYS = {"name": str, "address": str, "port": int, "user": str, "key_file": str, "ip": str}
 ARTIFACT_KEYS = {"name": str, "url": str, "dest": str, "mode": str, "sha256": str}

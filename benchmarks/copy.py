@@ -1,0 +1,124 @@
+"""Time `inv copy` of real-size binaries to 1, 3 and 6 local OpenSSH nodes.
+
+    python benchmarks/copy.py [--runs N]   (default 3; the best of N is kept)
+
+Random files with the sizes of the Kubernetes v1.1.7 / Calico v0.15 artifacts
+(about 210 MB in all) stand in for the downloads; the nodes are real sshd
+processes on 127.0.0.1..6 (tests/sshnodes.py, needs root). Each time is the
+whole `inv copy` command, as a user runs it. Goals: 3 nodes <= 1.3 x 1 node;
+an unchanged re-run on 3 nodes <= 1.5 s. Everything is removed at the end.
+"""
+from __future__ import annotations
+
+import sys
+
+# This file's folder first on sys.path would make it the standard library's `copy` module.
+sys.path = [p for p in sys.path if not p.endswith("benchmarks")]
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from sshnodes import SSHNodes  # noqa: E402
+
+# Approximate sizes (bytes) of the seed's artifacts; about 210 MB together.
+SIZES = {
+    "kubectl": 20_300_000, "kubelet": 40_500_000, "kube-proxy": 19_000_000,
+    "kube-apiserver": 41_600_000, "kube-controller-manager": 34_000_000, "kube-scheduler": 20_200_000,
+    "calicoctl": 21_800_000, "calico": 6_400_000, "calico-ipam": 6_000_000,
+    "setup-network-environment": 3_183_760,
+}
+
+
+def make_downloads(folder: Path, names: list[str]) -> int:
+    folder.mkdir(parents=True)
+    total = 0
+    for name in names:
+        size = SIZES.get(name, 10_000_000)
+        with open(folder / name, "wb") as out:
+            left = size
+            while left:
+                chunk = min(left, 1 << 22)
+                out.write(os.urandom(chunk))
+                left -= chunk
+        total += size
+    return total
+
+
+def busy_seconds() -> float:
+    """CPU time used by the whole machine so far (client, sshd, sftp-server, install, ...)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def inv_copy(config_file: Path) -> tuple[float, float]:
+    """(wall seconds, machine CPU seconds) of one `inv copy`."""
+    os.sync()  # the previous step's writes are flushed now, not during this measurement
+    started, cpu = time.perf_counter(), busy_seconds()
+    done = subprocess.run([sys.executable, "-m", "invoke", "-f", str(config_file), "copy"],
+                          cwd=ROOT, capture_output=True, text=True)
+    elapsed, cpu = time.perf_counter() - started, busy_seconds() - cpu
+    if done.returncode != 0:
+        raise SystemExit(f"inv copy failed ({done.returncode}): {done.stderr.strip()}")
+    return elapsed, cpu
+
+
+def main() -> None:
+    import yaml
+
+    from tasks import render
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement; the best is kept")
+    runs = parser.parse_args().runs
+    base = Path(tempfile.mkdtemp(prefix="bench-copy-"))
+    try:
+        with SSHNodes(base / "nodes", count=6) as nodes:
+            config = nodes.make_config(base)
+            total = make_downloads(base / "downloads", [a["name"] for a in config["download"]["artifacts"]])
+            print(f"{total / 1e6:.0f} MB of binaries, {os.cpu_count()} CPUs")
+            files = {}
+            for count in (1, 3, 6):
+                config["cluster"]["hosts"] = nodes.hosts()[:count]
+                config["paths"]["output"] = str(base / f"out-{count}")
+                render.render_all(config)
+                files[count] = base / f"config-{count}.yaml"
+                files[count].write_text(yaml.safe_dump(config))
+            nodes.reset()
+            inv_copy(files[1])  # warm-up: page cache, Python's bytecode cache
+            samples: dict = {1: [], 3: [], 6: [], "unchanged": []}
+            for _ in range(runs):  # rounds, so slow phases of the machine hit every case alike
+                for count in (1, 3, 6):
+                    nodes.reset()
+                    samples[count].append(inv_copy(files[count]))
+                    if count == 3:
+                        samples["unchanged"].append(inv_copy(files[count]))
+            times = {case: min(values) for case, values in samples.items()}
+            one = times[1][0]
+            cpus = os.cpu_count() or 1
+            print(f"{'case':<22}{'seconds':>9}{'x 1 node':>10}{'MB/s':>8}{'CPU s':>8}{'CPU-bound floor s':>19}")
+            for case in (1, 3, 6, "unchanged"):
+                wall, cpu = times[case]
+                rate = f"{total * case / wall / 1e6:>8.0f}" if case != "unchanged" else f"{'':>8}"
+                label = f"{case} node(s)" if case != "unchanged" else "3 nodes, unchanged"
+                print(f"{label:<22}{wall:>9.2f}{wall / one:>10.2f}{rate}{cpu:>8.2f}{cpu / cpus:>19.2f}")
+            print(f"goal 3 nodes <= 1.3 x 1 node: {'met' if times[3][0] <= 1.3 * one else 'NOT met'}"
+                  f" ({times[3][0] / one:.2f}; the CPU the 3-node copy needs, spread over {cpus} CPUs,"
+                  f" already takes {times[3][1] / cpus / one:.2f} x the 1-node time)")
+            print(f"goal unchanged re-run <= 1.5 s: {'met' if times['unchanged'][0] <= 1.5 else 'NOT met'}"
+                  f" ({times['unchanged'][0]:.2f} s)")
+            nodes.reset()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""`inv addons`: the seed's `kubectl create -f` of DNS, kube-ui and busybox on the master.
+
+The manifests are the rendered ones `inv copy` put in the master's home.
+kubectl 1.1 has no `apply`: re-creating an object fails with "already
+exists", which counts as done, so a re-run changes nothing. Then the task
+waits until the pods of those manifests run.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import time
+
+from invoke import Exit, task
+
+from tasks import settings
+from tasks.settings import Cluster
+from tasks.verify import Result, Workload
+
+EXISTS = re.compile(r'(\w+) "([^"]+)" already exists')
+
+
+# -- pure --------------------------------------------------------------------------
+
+def documents(cluster: Cluster, names: list[str]) -> dict[str, list[dict]]:
+    """The rendered manifests `names` (in that order) as their YAML documents."""
+    import yaml
+
+    from tasks import render
+
+    rendered = render.plan(cluster)
+    out = {}
+    for name in names:
+        text = rendered.get(f"manifests/{name}")
+        if text is None:
+            known = sorted(k.split("/", 1)[1] for k in rendered if k.startswith("manifests/"))
+            raise Exit(f"addons.manifests lists {name!r}, which is not in manifests/ (has: {', '.join(known)})",
+                       code=2)
+        out[name] = [d for d in yaml.safe_load_all(text) if d]
+    return out
+
+
+def workloads(cluster: Cluster, names: list[str]) -> list[Workload]:
+    """The pods the addon manifests `names` run: bare pods and replication controllers' pods."""
+    found = []
+    for docs in documents(cluster, names).values():
+        for doc in docs:
+            meta = doc.get("metadata", {})
+            ns = meta.get("namespace", "default")
+            if doc.get("kind") == "Pod":
+                found.append(Workload(ns, meta["name"], "Pod"))
+            elif doc.get("kind") == "ReplicationController":
+                selector = doc["spec"].get("selector") or doc["spec"]["template"]["metadata"]["labels"]
+                found.append(Workload(ns, meta["name"], "ReplicationController", tuple(sorted(selector.items()))))
+    return found
+
+
+def create_outcome(stdout: str, stderr: str, exited: int) -> tuple[list[str], list[str], list[str]]:
+    """kubectl 1.1 `create -f` output -> (created, already existing, errors).
+
+    kubectl goes on after a failed object and prints one error a line, so an
+    existing object shows as `Error from server: ... namespaces "x" already exists`.
+    """
+    created = [line.strip()[:-len(" created")].replace('"', "") for line in stdout.splitlines()
+               if line.strip().endswith(" created")]
+    existing, errors = [], []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        match = EXISTS.search(line)
+        if match:
+            # The error names the plural resource ("namespaces"); show it as `created` lines do.
+            existing.append(f"{match.group(1).removesuffix('s')} {match.group(2)}")
+        else:
+            errors.append(line)
+    if exited and not errors and not existing:
+        errors.append(f"kubectl exited {exited}: {(stdout.strip().splitlines() or ['no output'])[-1]}")
+    return created, existing, errors
+
+
+# -- effects --------------------------------------------------------------------------
+
+def create_all(conn, kubectl: str, files: list[str]) -> tuple[list[tuple], list[str]]:
+    """`kubectl create -f` each file in the home folder, in order: (table rows, errors)."""
+    listed = " ".join(shlex.quote(f) for f in files)
+    missing = conn.run(f'for f in {listed}; do [ -f "$f" ] || echo "$f"; done',
+                       hide=True, in_stream=False).stdout.split()
+    if missing:
+        raise Exit(f"{', '.join(missing)} not in the master's home folder: run `inv copy` first", code=1)
+    rows, errors = [], []
+    for name in files:
+        result = conn.run(f"{kubectl} create -f {shlex.quote(name)}", hide=True, warn=True, in_stream=False)
+        created, existing, failed = create_outcome(result.stdout, result.stderr, result.exited)
+        rows += [(name, what, "created") for what in created]
+        rows += [(name, what, "already there") for what in existing]
+        rows += [(name, why, "FAILED") for why in failed]
+        errors += [f"{name}: {why}" for why in failed]
+    return rows, errors
+
+
+def wait_pods(conn, cluster: Cluster, kubectl: str, expected: list[Workload], timeout: float,
+              interval: float) -> list[Result]:
+    """Poll the pods of `expected` until all run with every container ready, or `timeout`."""
+    from tasks import verify
+
+    namespaces = list(dict.fromkeys(w.namespace for w in expected))
+
+    def probe(deadline):
+        rows = []
+        for ns in namespaces:
+            listing = verify.kubectl_json(conn, kubectl, f"get pods --namespace={ns}", deadline)
+            mine = [w for w in expected if w.namespace == ns]
+            pods = [p for p in listing.get("items") or [] if any(w.owns(p) for w in mine)]
+            rows += verify.pod_results(ns, cluster, pods, mine)
+        return rows
+
+    deadline = time.monotonic() + timeout
+    return verify.poll(verify.guarded("pods", cluster.master.name, probe), deadline, interval)
+
+
+@task(help={"timeout": "Seconds to wait for the addon pods to run (default addons.timeout)."})
+def addons(c, timeout=None):
+    """Create the cluster addons on the master and wait until their pods run.
+
+    `kubectl create -f` of the manifests in addons.manifests (kube-system
+    namespace and DNS, kube-ui, busybox) from the master's home folder, where
+    `inv copy` put them. Objects that already exist are fine.
+    """
+    from tasks import nodes, ui, verify
+
+    cluster = settings.cluster_from(c)
+    wait = verify.seconds(timeout, c.config.addons.timeout)
+    interval = verify.seconds(None, c.config.verify.interval, "verify.interval")
+    files = list(c.config.addons.manifests)
+    expected = workloads(cluster, files)
+    kubectl = shlex.quote(verify.binary(c.config, "kubectl"))
+    master = cluster.master.name
+    conns = nodes.connections(c, cluster, names=[master])
+    try:
+        rows, errors = nodes.on_nodes(conns, lambda name, conn: create_all(conn, kubectl, files),
+                                      what="addons")[master]
+        ui.table(f"kubectl create on {master}", ("manifest", "object", "result"), rows)
+        if errors:
+            raise Exit(f"addons: kubectl create failed on {master}: " + "; ".join(errors), code=1)
+        results = wait_pods(conns[master], cluster, kubectl, expected, wait, interval)
+    finally:
+        nodes.close_all(conns)
+    ui.table("Addon pods", ("namespace", "node", "result", "pod"),
+             [(r.check, r.node, "ok" if r.ok else "FAILED", r.detail) for r in results])
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise Exit(f"addons: pods not running after {wait:g} s: " + "; ".join(f"{r.detail} (on {r.node})"
+                                                                               for r in bad), code=1)
+    ui.say(f"Addons running: {len(results)} pod(s).")
+
+
+TASKS = (addons,)

@@ -1,0 +1,678 @@
+"""`inv download`: the seed's binaries, pinned, verified, cached, in parallel.
+
+Replaces the seed's list of `wget` calls. Every artifact is configuration
+(download.artifacts, URLs filled from `versions`, rewritten by
+download.mirrors). Each is streamed to a `.part` file beside its final path
+while its sha256 is computed, resumed with HTTP Range after a cut, checked
+against its pin, the lock file or the digest file published beside it, and
+only then renamed into place. A re-run whose files all match the lock makes
+no network request at all.
+
+Planning (artifacts, URLs, lock file, what to fetch) is pure; `Fetcher` holds
+every effect (HTTP sessions, the thread pool, files).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import stat
+import string
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from invoke import Exit, task
+
+from tasks import settings
+from tasks.files import write_atomic
+from tasks.settings import ConfigError
+
+CHUNK = 256 * 1024
+BACKOFF = 0.5                # seconds before the second try; doubled before each later one
+MAX_BACKOFF = 8.0
+# Digest files that release servers publish beside a file, strongest first.
+DIGEST_FILES = (("sha256", ".sha256"), ("sha1", ".sha1"), ("md5", ".md5"))
+# Size and times of each verified file with its sha256, so a re-run need not hash 200 MB again.
+CACHE = ".verified.json"
+LOCK_HEADER = ("# sha256 of every artifact `inv download` fetched; commit this file.\n"
+               "# <sha256>  <name>  <upstream URL>\n")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+MODE = re.compile(r"^[0-7]{3,4}$")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    url: str          # where it is fetched: versions filled in, mirrors applied
+    upstream: str     # the same before mirrors: what the lock file records
+    dest: str         # folder on the nodes (`inv copy`)
+    mode: int
+    sha256: str       # pinned digest, lowercase, or ""
+    path: Path        # paths.downloads/<name>
+
+
+@dataclass(frozen=True)
+class Locked:
+    sha256: str
+    url: str
+
+
+# --- planning (pure) -------------------------------------------------------
+
+def _is_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _fill(key: str, url: str, versions: dict) -> str:
+    """`url` with its {version} placeholders filled in; ConfigError names any other."""
+    names = ", ".join("{%s}" % v for v in versions)
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(url) if f is not None]
+    except ValueError:
+        fields = [("", "", None)]
+    if any(f not in versions or spec or conv for f, spec, conv in fields):
+        raise ConfigError(key, url, f"an http(s) URL whose placeholders are among {names}")
+    filled = url.format(**versions)
+    if not _is_http(filled):
+        raise ConfigError(key, url, "an http:// or https:// URL")
+    return filled
+
+
+def check_mirrors(mirrors) -> dict[str, str]:
+    for prefix, replacement in mirrors.items():
+        key = f"download.mirrors[{prefix!r}]"
+        if not isinstance(prefix, str) or not _is_http(prefix):
+            raise ConfigError(key, prefix, "a URL prefix to replace, like https://storage.googleapis.com/")
+        if not isinstance(replacement, str) or not _is_http(replacement):
+            raise ConfigError(key, replacement, "a replacement URL prefix starting with http:// or https://")
+    return dict(mirrors)
+
+
+def mirror(url: str, mirrors: dict[str, str]) -> str:
+    """`url` with the longest prefix listed in `mirrors` replaced."""
+    prefix = max((p for p in mirrors if url.startswith(p)), key=len, default=None)
+    return url if prefix is None else mirrors[prefix] + url[len(prefix):]
+
+
+def artifacts(config) -> list[Artifact]:
+    """Every configured artifact, checked, with its final URL; raises ConfigError.
+
+    `inv copy` reads name, dest, mode and path from here.
+    """
+    settings.check_keys(config)
+    dl = config["download"]
+    for key in ("parallel", "timeout", "retries"):
+        settings._positive(f"download.{key}", dl[key])
+    if not dl["lock_file"]:
+        raise ConfigError("download.lock_file", dl["lock_file"], "a file path like downloads.lock")
+    mirrors = check_mirrors(dl["mirrors"])
+    versions = dict(config["versions"])
+    folder = settings.path(config, "downloads")
+    found: list[Artifact] = []
+    for i, entry in enumerate(dl["artifacts"]):
+        key = f"download.artifacts[{i}]"
+        name = entry.get("name", "")
+        if not NAME.match(name):
+            raise ConfigError(f"{key}.name", name, "a file name of letters, digits, '.', '_', '+' and '-'")
+        if any(a.name == name for a in found):
+            raise ConfigError(f"{key}.name", name, "a name no other artifact has")
+        upstream = _fill(f"{key}.url", entry.get("url", ""), versions)
+        dest = entry.get("dest", "/opt/bin")
+        if not dest.startswith("/"):
+            raise ConfigError(f"{key}.dest", dest, "an absolute folder like /opt/bin")
+        mode = entry.get("mode", "0755")
+        if not MODE.match(mode):
+            raise ConfigError(f"{key}.mode", mode, "an octal file mode like 0755")
+        pin = entry.get("sha256", "")
+        if pin and not HEX64.match(pin):
+            raise ConfigError(f"{key}.sha256", pin, "64 hexadecimal digits, or empty to rely on the lock file")
+        found.append(Artifact(name=name, url=mirror(upstream, mirrors), upstream=upstream, dest=dest,
+                              mode=int(mode, 8), sha256=pin.lower(), path=folder / name))
+    return found
+
+
+def select(every: list[Artifact], only) -> list[Artifact]:
+    """The artifacts named in `only` (all when empty), in configured order."""
+    names = {a.name for a in every}
+    for name in only or ():
+        if name not in names:
+            raise ConfigError("--only", name, f"an artifact name: {', '.join(sorted(names))}")
+    return [a for a in every if not only or a.name in only]
+
+
+def lock_path(config) -> Path:
+    """download.lock_file; relative to the project folder, like paths.*."""
+    p = Path(config["download"]["lock_file"]).expanduser()
+    return p if p.is_absolute() else settings.ROOT / p
+
+
+def parse_lock(text: str, where: str) -> dict[str, Locked]:
+    entries = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 3 or not HEX64.match(fields[0]) or not _is_http(fields[2]):
+            raise ConfigError(f"{where} line {number}", line, "'<sha256>  <name>  <url>'")
+        entries[fields[1]] = Locked(fields[0].lower(), fields[2])
+    return entries
+
+
+def format_lock(entries: dict[str, Locked]) -> str:
+    width = max((len(n) for n in entries), default=0)
+    return LOCK_HEADER + "".join(f"{e.sha256}  {n:<{width}}  {e.url}\n" for n, e in sorted(entries.items()))
+
+
+def wanted(art: Artifact, lock: dict[str, Locked], update_lock: bool, lock_name: str) -> tuple[str, str]:
+    """The sha256 the artifact must have and where that comes from; ("", "") when nothing says yet."""
+    if art.sha256:
+        return art.sha256, "pinned in download.artifacts"
+    entry = lock.get(art.name)
+    if entry and entry.url == art.upstream and not update_lock:
+        return entry.sha256, f"recorded in {lock_name} (run with --update-lock to accept a new upstream)"
+    return "", ""
+
+
+def relocked(lock: dict[str, Locked], every: list[Artifact], digests: dict[str, str]) -> dict[str, Locked]:
+    """The lock with the given digests recorded and artifacts no longer configured dropped."""
+    new = {a.name: Locked(digests[a.name], a.upstream) if a.name in digests else lock.get(a.name)
+           for a in every}
+    return {name: entry for name, entry in new.items() if entry}
+
+
+def digest_urls(url: str) -> list[tuple[str, str]]:
+    """(algorithm, URL) of each digest file that may be published beside `url`."""
+    return [(algo, url + suffix) for algo, suffix in DIGEST_FILES]
+
+
+def parse_digest(body: bytes, algo: str) -> str | None:
+    """The digest at the start of a digest file (`HEX` or `HEX  name`); None if it holds none."""
+    first = body.split(maxsplit=1)[:1]
+    width = hashlib.new(algo).digest_size * 2
+    text = first[0].decode("ascii", "replace") if first else ""
+    return text.lower() if re.fullmatch(f"[0-9a-fA-F]{{{width}}}", text) else None
+
+
+def human(size: int | None) -> str:
+    if size is None:
+        return "?"
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+
+
+# --- local files -------------------------------------------------------------
+
+def _hash_into(path: Path, hashers: dict) -> int:
+    count = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * CHUNK):
+            for h in hashers.values():
+                h.update(chunk)
+            count += len(chunk)
+    return count
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    # ctime cannot be set back by a program, so a changed file changes its stamp.
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def read_cache(folder: Path) -> dict:
+    try:
+        cache = json.loads((folder / CACHE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def local_sha256(art: Artifact, cache: dict) -> str | None:
+    """The sha256 of the file already at art.path (mode fixed first), or None."""
+    try:
+        st = art.path.stat()
+        if stat.S_IMODE(st.st_mode) != art.mode:
+            os.chmod(art.path, art.mode)
+            st = art.path.stat()
+    except FileNotFoundError:
+        return None
+    stamp = _stamp(st)
+    known = cache.get(art.name)
+    if isinstance(known, list) and known[:3] == stamp and len(known) == 4:
+        return known[3]
+    hashers = {"sha256": hashlib.sha256()}
+    _hash_into(art.path, hashers)
+    cache[art.name] = [*stamp, hashers["sha256"].hexdigest()]
+    return cache[art.name][3]
+
+
+def part_path(art: Artifact) -> Path:
+    """The temporary name a download grows under; named after the URL so a resume never mixes versions."""
+    tag = hashlib.sha256(art.url.encode()).hexdigest()[:8]
+    return art.path.with_name(f"{art.name}.{tag}.part")
+
+
+# --- effects: HTTP -------------------------------------------------------------
+
+class Transient(Exception):
+    """Worth another try: connection error, timeout, HTTP 5xx, a body cut short."""
+
+
+class Failed(Exception):
+    """Final for this artifact: HTTP 4xx, a digest that does not match, too many tries."""
+
+
+def _classify(err, timeout: int) -> Exception:
+    """A requests or urllib3 exception as a one-line Transient or Failed."""
+    import requests
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+    if isinstance(err, (requests.Timeout, ReadTimeoutError)) or (
+            err.args and isinstance(err.args[0], ReadTimeoutError)):
+        return Transient(f"timed out: no data for {timeout} s")
+    if isinstance(err, (requests.exceptions.ChunkedEncodingError, ProtocolError)):
+        return Transient("connection broken in the middle of the body")
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(err))
+    reason = errno.group(1).strip() if errno else str(err).splitlines()[0][:200]
+    if isinstance(err, requests.ConnectionError):
+        return Transient(f"connection failed: {reason}")
+    return Failed(f"{type(err).__name__}: {reason}")
+
+
+@dataclass
+class Outcome:
+    downloaded: list = field(default_factory=list)   # (Artifact, size, seconds)
+    present: list = field(default_factory=list)      # Artifact
+    failed: list = field(default_factory=list)       # (Artifact, reason)
+    lock: Path | None = None
+    lock_changed: bool = False
+
+
+class Quiet:
+    """Progress sink that shows nothing; `Lines` and `Bars` show it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def started(self, art: Artifact, total: int | None, done: int) -> None:
+        pass
+
+    def advanced(self, art: Artifact, count: int) -> None:
+        pass
+
+    def finished(self, art: Artifact, size: int, seconds: float) -> None:
+        pass
+
+    def failed(self, art: Artifact, reason: str) -> None:
+        pass
+
+
+class Lines(Quiet):
+    """One line per finished artifact on stdout, one per failed one on stderr: for logs and pipes."""
+
+    def finished(self, art, size, seconds):
+        speed = size / seconds if seconds > 0 else 0
+        print(f"downloaded {art.name}: {human(size)} in {seconds:.1f} s ({human(int(speed))}/s)", flush=True)
+
+    def failed(self, art, reason):
+        print(f"FAILED {art.name} {art.url}: {reason}", file=sys.stderr, flush=True)
+
+
+class Bars(Lines):
+    """A live display on a terminal: a bar per file and one for the total, with speed and ETA."""
+
+    def __enter__(self):
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+        from tasks import ui
+
+        self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=ui.console())
+        self.total = self.progress.add_task("total", total=0)
+        self.rows: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def started(self, art, total, done):
+        with self.lock:
+            if art.name not in self.rows:
+                self.rows[art.name] = self.progress.add_task(art.name, total=total)
+            self.progress.update(self.rows[art.name], total=total, completed=done)
+            self.sizes[art.name] = total or 0
+            self.progress.update(self.total, total=sum(self.sizes.values()),
+                                 completed=sum(t.completed for t in self.progress.tasks if t.id != self.total))
+
+    def advanced(self, art, count):
+        self.progress.advance(self.rows[art.name], count)
+        self.progress.advance(self.total, count)
+
+    def finished(self, art, size, seconds):
+        pass  # the bar says it
+
+
+class Fetcher:
+    """HTTP for many artifacts: a session per worker thread (connections reused), tries with backoff."""
+
+    def __init__(self, timeout: int, tries: int, parallel: int, report: Quiet, backoff: float = BACKOFF):
+        self.timeout, self.tries, self.parallel, self.report, self.backoff = (
+            timeout, tries, parallel, report, backoff)
+        self.stop = threading.Event()
+        self._local = threading.local()
+        self._sessions: list = []
+        self._guard = threading.Lock()
+
+    def __enter__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Digest-file look-ups run beside the downloads: they are latency, not bandwidth.
+        self.lookups = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="digest")
+        return self
+
+    def __exit__(self, *exc):
+        self.lookups.shutdown(wait=True, cancel_futures=True)
+        for session in self._sessions:
+            session.close()
+        return False
+
+    def session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests
+
+            session = requests.Session()
+            # Identity: the bytes as published, so Range offsets and digests refer to the file itself.
+            session.headers.update({"Accept-Encoding": "identity", "User-Agent": "inv-download/1"})
+            self._local.session = session
+            with self._guard:
+                self._sessions.append(session)
+        return session
+
+    def request(self, url: str, method: str = "GET", headers: dict | None = None):
+        """A streamed response, redirects followed; HTTP 5xx raises Transient."""
+        response = self.session().request(method, url, headers=headers, stream=True, allow_redirects=True,
+                                          timeout=(self.timeout, self.timeout))
+        if response.status_code >= 500:
+            response.close()
+            raise Transient(f"HTTP {response.status_code} {response.reason}")
+        return response
+
+    def attempts(self, step, *args):
+        """`step(*args)`, tried again after a Transient problem, up to download.retries tries."""
+        import requests
+        import urllib3
+
+        for n in itertools.count(1):
+            try:
+                return step(*args)
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
+                problem = _classify(err, self.timeout)
+            except Transient as err:
+                problem = err
+            if isinstance(problem, Failed):
+                raise problem
+            if n >= self.tries or self.stop.is_set():
+                raise Failed(f"{problem} (tried {n} times)" if n > 1 else str(problem))
+            time.sleep(min(self.backoff * 2 ** (n - 1), MAX_BACKOFF))
+
+    def run(self, step, items):
+        """`step(item)` for every item on a pool of download.parallel threads; yields (item, result or Failed)."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(items))),
+                                thread_name_prefix="download") as pool:
+            futures = {pool.submit(self._guarded, step, item): item for item in items}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            except BaseException:
+                self.stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
+
+    @staticmethod
+    def _guarded(step, item):
+        try:
+            return step(item)
+        except Failed as err:
+            return err
+        except OSError as err:  # disk full, permissions: this artifact fails, the others go on
+            return Failed(f"{type(err).__name__}: {err}")
+
+    # -- one artifact --------------------------------------------------------
+
+    def published_digest(self, url: str) -> tuple[str, str, str] | None:
+        """(algorithm, digest, its URL) of the first digest file found beside `url`; None if none is."""
+        for algo, digest_url in digest_urls(url):
+            digest = self.attempts(self._digest_file, digest_url, algo)
+            if digest:
+                return algo, digest, digest_url
+        return None
+
+    def _digest_file(self, url: str, algo: str) -> str | None:
+        with self.request(url) as response:
+            body = response.content  # read to the end, so the connection goes back to the pool
+            if response.status_code >= 400:  # not published: not an error
+                return None
+            return parse_digest(body[:4096], algo)
+
+    def fetch(self, job: tuple[Artifact, str, str]) -> tuple[str, int, float, list[int]]:
+        """Download one artifact into place; returns (sha256, size, seconds, stamp) or raises Failed."""
+        art, want, label = job
+        started = time.monotonic()
+        lookup = None if want else self.lookups.submit(self.published_digest, art.url)
+        part = part_path(art)
+        for stale in art.path.parent.glob(f"{art.name}.*.part"):
+            if stale != part and re.fullmatch(re.escape(art.name) + r"\.[0-9a-f]{8}\.part", stale.name):
+                stale.unlink()  # a download of another URL (version, mirror) left behind
+        hashers = self.attempts(self._fetch_into, art, part, lookup)
+        published = lookup.result() if lookup else None
+        size = part.stat().st_size
+        sha256 = hashers["sha256"].hexdigest()
+        problem = None
+        if want and sha256 != want:
+            problem = f"sha256 {sha256} does not match {want} {label}"
+        elif published and hashers[published[0]].hexdigest() != published[1]:
+            algo, digest, where = published
+            problem = f"{algo} {hashers[algo].hexdigest()} does not match {digest} published at {where}"
+        if problem:
+            part.unlink()
+            raise Failed(problem)
+        os.chmod(part, art.mode)
+        os.replace(part, art.path)
+        return sha256, size, time.monotonic() - started, _stamp(art.path.stat())
+
+    @staticmethod
+    def _needed(lookup) -> set[str]:
+        """The digests to compute: sha256, and whichever digest file the look-up finds (all until it ends)."""
+        if lookup is None or (lookup.done() and lookup.exception()):
+            return {"sha256"}
+        if not lookup.done():
+            return {algo for algo, _ in DIGEST_FILES}
+        return {"sha256"} | ({lookup.result()[0]} if lookup.result() else set())
+
+    def _fetch_into(self, art: Artifact, part: Path, lookup) -> dict:
+        """One try: continue `part` from where it ends (hashing what it holds first)."""
+        hashers = {a: hashlib.new(a) for a in self._needed(lookup)}
+        have = _hash_into(part, hashers) if part.exists() else 0
+        with self.request(art.url, headers={"Range": f"bytes={have}-"} if have else None) as response:
+            if response.status_code == 416:  # the part is longer than the file: start again
+                part.unlink()
+                raise Transient("HTTP 416 for a partial download; starting again")
+            if response.status_code >= 400:
+                raise Failed(f"HTTP {response.status_code} {response.reason}")
+            if have and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                # The server sent the whole file instead of the rest.
+                have, hashers = 0, {a: hashlib.new(a) for a in hashers}
+            length = response.headers.get("Content-Length", "")
+            total = have + int(length) if length.isdigit() else None
+            self.report.started(art, total, have)
+            got = have
+            # read1 hands over whatever has arrived, so a cut loses no byte already received.
+            read1 = getattr(response.raw, "read1", None)
+            chunks = (iter(lambda: read1(CHUNK, decode_content=False), b"") if read1
+                      else response.iter_content(CHUNK))
+            with open(part, "ab" if have else "wb") as out:
+                for chunk in chunks:
+                    if self.stop.is_set():
+                        raise Failed("interrupted")
+                    out.write(chunk)
+                    for h in hashers.values():
+                        h.update(chunk)
+                    got += len(chunk)
+                    self.report.advanced(art, len(chunk))
+                    if len(hashers) > 2 and lookup.done():  # the look-up has ended: drop the digests not needed
+                        needed = self._needed(lookup)
+                        hashers = {a: h for a, h in hashers.items() if a in needed}
+                out.flush()
+                os.fsync(out.fileno())
+        if total is not None and got != total:
+            raise Transient(f"body cut short at {got} of {total} bytes")
+        return hashers
+
+    def probe(self, art: Artifact) -> tuple[str, int | None]:
+        """(status, size) of art.url without downloading it: HEAD, or a GET closed at once."""
+        def ask():
+            with self.request(art.url, method="HEAD") as response:
+                if response.status_code not in (403, 405, 501):
+                    response.content  # nothing to read; releases the connection for reuse
+                    return response
+            # Some servers (signed redirect targets) refuse HEAD: the headers of a GET say the same.
+            with self.request(art.url) as response:
+                return response
+
+        try:
+            response = self.attempts(ask)
+        except Failed as err:
+            return f"error: {err}", None
+        length = response.headers.get("Content-Length", "")
+        return f"{response.status_code} {response.reason}", int(length) if length.isdigit() else None
+
+
+# --- the steps -------------------------------------------------------------
+
+def read_lock(path: Path) -> dict[str, Locked]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    return parse_lock(text, path.name)
+
+
+def fetch_all(config, *, only=(), update_lock: bool = False, parallel: int = 0,
+              progress=Quiet, backoff: float = BACKOFF) -> Outcome:
+    """Bring paths.downloads up to date with download.artifacts; raises ConfigError on bad settings.
+
+    `progress()` makes the progress display, only if something is to be downloaded.
+    """
+    every = artifacts(config)
+    chosen = select(every, only)
+    lockfile = lock_path(config)
+    lock = read_lock(lockfile)
+    folder = settings.path(config, "downloads")
+    cache = read_cache(folder)
+    outcome = Outcome(lock=lockfile)
+    digests, jobs = {}, []
+    for art in chosen:
+        want, label = wanted(art, lock, update_lock, lockfile.name)
+        if want and local_sha256(art, cache) == want:
+            outcome.present.append(art)
+            digests[art.name] = want
+        else:
+            jobs.append((art, want, label))
+    if jobs:  # only now: a complete folder never opens a connection
+        folder.mkdir(parents=True, exist_ok=True)
+        dl = config["download"]
+        report = progress()
+        with report, Fetcher(dl["timeout"], dl["retries"], parallel or dl["parallel"], report,
+                             backoff) as fetcher:
+            for (art, _, _), result in fetcher.run(fetcher.fetch, jobs):
+                if isinstance(result, Failed):
+                    outcome.failed.append((art, str(result)))
+                    report.failed(art, str(result))
+                    continue
+                sha256, size, seconds, stamp = result
+                digests[art.name] = sha256
+                cache[art.name] = [*stamp, sha256]
+                outcome.downloaded.append((art, size, seconds))
+                report.finished(art, size, seconds)
+    new = relocked(lock, every, digests)
+    if new != lock and (new or lockfile.exists()):
+        outcome.lock_changed = write_atomic(lockfile, format_lock(new).encode())
+    kept = {a.name: cache[a.name] for a in every if a.name in cache}
+    if kept != read_cache(folder) and folder.is_dir():
+        write_atomic(folder / CACHE, json.dumps(kept, indent=1).encode())
+    return outcome
+
+
+def check_all(config, *, only=(), parallel: int = 0) -> list[tuple[Artifact, str, int | None]]:
+    """(artifact, HTTP status or error, size) for each URL, through mirrors; downloads nothing."""
+    chosen = select(artifacts(config), only)
+    dl = config["download"]
+    with Fetcher(dl["timeout"], dl["retries"], parallel or dl["parallel"], Quiet()) as fetcher:
+        found = dict(fetcher.run(fetcher.probe, chosen))
+    return [(art, *found[art]) for art in chosen]
+
+
+@task(iterable=["only"], help={
+    "check": "Only ask each URL (through download.mirrors) whether it exists and its size; download nothing.",
+    "update-lock": "Download again and record what upstream serves now in the lock file (pins still apply).",
+    "parallel": "Simultaneous downloads (default: download.parallel).",
+    "only": "Only this artifact (by name); repeat for several.",
+})
+def download(c, check=False, update_lock=False, parallel=0, only=None):
+    """Download the cluster's binaries into paths.downloads, verified against pins and the lock file.
+
+    Replaces the seed's wget list: parallel, resumable, through download.mirrors,
+    sha256 recorded in download.lock_file. A re-run with every file in place and
+    matching the lock makes no network request.
+    """
+    from tasks import ui
+
+    try:
+        if parallel < 0:
+            raise ConfigError("--parallel", parallel, "a whole number of at least 1 (0: download.parallel)")
+        if check:
+            return _report_check(check_all(c.config, only=only, parallel=parallel))
+        outcome = fetch_all(c.config, only=only, update_lock=update_lock, parallel=parallel,
+                            progress=lambda: Bars() if ui.console().is_terminal else Lines())
+    except ConfigError as err:
+        raise Exit(str(err), code=2) from None
+    folder = settings.path(c.config, "downloads")
+    lock_note = f"{outcome.lock.name} updated" if outcome.lock_changed else f"{outcome.lock.name} unchanged"
+    ui.say(f"{len(outcome.downloaded)} downloaded, {len(outcome.present)} already present and verified "
+           f"in {folder}; {lock_note}.")
+    if outcome.failed:
+        names = ", ".join(art.name for art, _ in outcome.failed)
+        total = len(outcome.failed) + len(outcome.downloaded) + len(outcome.present)
+        raise Exit(f"download failed for {len(outcome.failed)} of {total} artifact(s): {names}", code=1)
+
+
+def _report_check(rows) -> None:
+    from tasks import ui
+
+    ui.table("Artifacts (through download.mirrors)", ("artifact", "url", "status", "size"),
+             [(art.name, art.url, status, human(size)) for art, status, size in rows])
+    missing = [f"{art.name} ({status})" for art, status, _ in rows if not status[:1] == "2"]
+    if missing:
+        raise Exit(f"not available: {', '.join(missing)}", code=1)
+
+
+TASKS = (download,)

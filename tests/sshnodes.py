@@ -1,0 +1,293 @@
+"""Simulated cluster nodes: one real OpenSSH sshd per node on 127.0.0.N.
+
+Usage (tests/conftest.py imports the fixture, so any test file just asks for it):
+
+    def test_something(ssh_nodes, tmp_path):
+        ssh_nodes.config                         # make_config(tmp_path) with provider=hosts and 3 hosts
+        run_inv(tmp_path, "copy", config=ssh_nodes.config)
+        ssh_nodes.path("calico-01", "/opt/bin/kubectl")   # -> Path on this machine
+        ssh_nodes.stop("calico-02"); ...; ssh_nodes.start("calico-02")
+
+`ssh_nodes` is function-scoped over one session-wide set of sshd processes:
+before each test every node's filesystem is emptied and every stopped sshd is
+started again. Outside pytest (benchmarks): `with SSHNodes(tmp, count=6) as nodes:`.
+
+Each node `calico-0N` is an sshd listening on 127.0.0.N:PORT (one free PORT for
+all), started as `unshare --mount --uts --propagation private` with its own
+hostname, its own host key and its own client key (`.key_file(name)`; a node
+accepts only its own, so a key leaking to another host fails the login). Inside
+its mount namespace the node sees these folders of `.root(name)`:
+
+    root/opt                      -> /opt
+    root/srv                      -> /srv
+    root/etc-kubernetes           -> /etc/kubernetes
+    root/home-core                -> /home/core   (owned by core)
+    root/var-lib-coreos-vagrant   -> /var/lib/coreos-vagrant
+    root/var-lib-standin          -> /var/lib/standin   (state of stand-in programs)
+    root/hosts                    -> /etc/hosts   (names the node, so sudo resolves it)
+
+Everything else (/tmp, /usr, /etc) is this machine's. The user is `core`
+(created if missing, password login impossible, passwordless sudo), as on
+CoreOS. Needs root, `unshare` (util-linux) and the Debian packages
+openssh-server and sudo. The mount points (/etc/kubernetes, ...) are created
+empty on this machine if missing and left there: other sessions may be using them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SSHD = "/usr/sbin/sshd"
+USER = "core"
+# Folder of root(name) -> where the node sees it.
+MOUNTS = {
+    "opt": "/opt",
+    "srv": "/srv",
+    "etc-kubernetes": "/etc/kubernetes",
+    "home-core": "/home/core",
+    "var-lib-coreos-vagrant": "/var/lib/coreos-vagrant",
+    "var-lib-standin": "/var/lib/standin",
+}
+HOSTS_FILE = "hosts"
+
+SSHD_CONFIG = """\
+ListenAddress {address}:{port}
+HostKey {dir}/host_key
+PidFile none
+AuthorizedKeysFile none
+AuthorizedKeysCommand /bin/cat {dir}/authorized_keys
+AuthorizedKeysCommandUser root
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+StrictModes no
+UsePAM no
+UseDNS no
+PrintMotd no
+MaxStartups 100
+MaxSessions 100
+Subsystem sftp internal-sftp
+"""
+
+# Runs inside the new namespaces: name the node, bind its folders, become sshd.
+NAMESPACE_SCRIPT = 'hostname "$NODE_NAME" && {mounts} && exec "$@"'
+
+
+def free_port(addresses: list[str]) -> int:
+    """A TCP port free on every one of `addresses`."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port = probe.getsockname()[1]
+        try:
+            for address in addresses:
+                with socket.socket() as s:
+                    s.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no TCP port free on all of {addresses}")
+
+
+def ensure_user() -> None:
+    """The `core` user with a home, unlocked for key login, passwordless sudo."""
+    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
+        done = subprocess.run(["useradd", "-m", "-s", "/bin/bash", USER], capture_output=True, text=True)
+        if done.returncode not in (0, 9):  # 9: created meanwhile by another session
+            raise RuntimeError(f"useradd {USER}: {done.stderr.strip()}")
+    subprocess.run(["usermod", "-p", "*", USER], check=True, capture_output=True)
+    sudoers = Path("/etc/sudoers.d") / USER
+    line = f"{USER} ALL=(ALL) NOPASSWD:ALL\n"
+    if not sudoers.exists() or sudoers.read_text() != line:
+        tmp = sudoers.with_name(f".{USER}.tmp")
+        tmp.write_text(line)
+        tmp.chmod(0o440)
+        os.replace(tmp, sudoers)
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+                   check=True, capture_output=True)
+
+
+class SSHNodes:
+    """`count` sshd nodes calico-01.. on 127.0.0.1.. under `base`; see the module docstring."""
+
+    def __init__(self, base: Path, count: int = 3, prefix: str = "calico"):
+        if os.geteuid() != 0:
+            raise RuntimeError("the SSH test nodes need root (mount namespaces, a core user)")
+        self.base = Path(base)
+        self.names = [f"{prefix}-{i:02d}" for i in range(1, count + 1)]
+        self.addresses = {name: f"127.0.0.{i}" for i, name in enumerate(self.names, 1)}
+        self.port = 0
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.config: dict = {}
+
+    # -- layout -------------------------------------------------------------
+    def dir(self, name: str) -> Path:
+        return self.base / name
+
+    def root(self, name: str) -> Path:
+        return self.dir(name) / "root"
+
+    def key_file(self, name: str) -> Path:
+        return self.dir(name) / "client_key"
+
+    def log(self, name: str) -> str:
+        return (self.dir(name) / "sshd.log").read_text(errors="replace")
+
+    def path(self, name: str, node_path: str) -> Path:
+        """Where `node_path` as seen on node `name` lives on this machine."""
+        for folder, mount in sorted(MOUNTS.items(), key=lambda kv: -len(kv[1])):
+            if node_path == mount or node_path.startswith(mount + "/"):
+                return self.root(name) / folder / node_path[len(mount):].lstrip("/")
+        raise ValueError(f"{node_path} is not inside a node folder: {', '.join(MOUNTS.values())}")
+
+    def hosts(self, **fields) -> list[dict]:
+        """The cluster.hosts entries for these nodes; `fields` are added to each."""
+        return [{"name": n, "address": self.addresses[n], "port": self.port, "user": USER,
+                 "key_file": str(self.key_file(n)), **fields} for n in self.names]
+
+    def make_config(self, tmp_path: Path, **sections) -> dict:
+        """make_config(tmp_path) reaching these nodes with provider=hosts."""
+        from conftest import make_config
+
+        cluster = {"provider": "hosts", "hosts": self.hosts(), **sections.pop("cluster", {})}
+        return make_config(tmp_path, cluster=cluster, **sections)
+
+    # -- lifecycle ------------------------------------------------------------
+    def __enter__(self) -> "SSHNodes":
+        try:
+            self.setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def setup(self) -> None:
+        ensure_user()
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        for mount in MOUNTS.values():
+            Path(mount).mkdir(parents=True, exist_ok=True)
+        self.port = free_port(list(self.addresses.values()))
+        for name in self.names:
+            d = self.dir(name)
+            d.mkdir(parents=True, exist_ok=True)
+            _keygen(d / "host_key")
+            _keygen(self.key_file(name))
+            shutil.copyfile(self.key_file(name).with_suffix(".pub"), d / "authorized_keys")
+            (d / "sshd_config").write_text(SSHD_CONFIG.format(address=self.addresses[name],
+                                                              port=self.port, dir=d))
+            (self.root(name) / HOSTS_FILE).parent.mkdir(parents=True, exist_ok=True)
+            (self.root(name) / HOSTS_FILE).write_text(
+                f"127.0.0.1\tlocalhost\n{self.addresses[name]}\t{name}\n")
+            self._make_folders(name)
+        for name in self.names:
+            self._spawn(name)
+        for name in self.names:
+            self._wait(name)
+        self.config = {}
+
+    def _make_folders(self, name: str) -> None:
+        import pwd
+
+        user = pwd.getpwnam(USER)
+        for folder in MOUNTS:
+            p = self.root(name) / folder
+            p.mkdir(parents=True, exist_ok=True)
+            p.chmod(0o755)
+        os.chown(self.root(name) / "home-core", user.pw_uid, user.pw_gid)
+
+    def _spawn(self, name: str) -> None:
+        binds = [f"mount --bind {self.root(name) / folder} {mount}" for folder, mount in MOUNTS.items()]
+        binds.append(f"mount --bind {self.root(name) / HOSTS_FILE} /etc/hosts")
+        script = NAMESPACE_SCRIPT.format(mounts=" && ".join(binds))
+        log = open(self.dir(name) / "sshd.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "sh",
+             SSHD, "-D", "-e", "-f", str(self.dir(name) / "sshd_config")],
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NODE_NAME": name},
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+
+    def _wait(self, name: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"sshd of {name} exited {proc.returncode}: {self.log(name)[-2000:]}")
+            try:
+                with socket.create_connection((self.addresses[name], self.port), timeout=1) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd of {name} not answering on {self.addresses[name]}:{self.port}")
+            time.sleep(0.02)
+
+    def stop(self, name: str) -> None:
+        """Stop node `name`'s sshd (its sessions too); the port then refuses connections."""
+        proc = self.procs.get(name)
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def start(self, name: str) -> None:
+        """Start node `name`'s sshd again (no-op when running) and wait until it answers."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            self._spawn(name)
+        self._wait(name)
+
+    def reset(self) -> None:
+        """Every node running, with empty folders: the state a test starts from."""
+        for name in self.names:
+            for folder in MOUNTS:
+                # Empty, never replace: the node's bind mount holds on to the folder itself.
+                for child in (self.root(name) / folder).iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            self._make_folders(name)
+            self.start(name)
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            try:
+                self.stop(name)
+            except ProcessLookupError:
+                pass
+        self.procs.clear()
+
+
+@pytest.fixture(scope="session")
+def ssh_cluster(tmp_path_factory):
+    """Three sshd nodes for the whole session; tests use `ssh_nodes`."""
+    with SSHNodes(tmp_path_factory.mktemp("sshnodes")) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def ssh_nodes(ssh_cluster, tmp_path):
+    """The session's nodes, reset (empty folders, all running), with `.config` for this test."""
+    ssh_cluster.reset()
+    ssh_cluster.config = ssh_cluster.make_config(tmp_path)
+    yield ssh_cluster

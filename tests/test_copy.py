@@ -1,0 +1,248 @@
+"""`inv copy` against three real OpenSSH nodes (tests/sshnodes.py), through the real `inv`.
+
+The downloaded binaries are stand-ins: small random files under each
+artifact's name (their content is all `copy` looks at). The activation
+command is a stand-in for `coreos-cloudinit --from-file`: it records which
+files exist at the moment it runs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_inv
+
+from tasks import copy, pki, render, settings
+
+# Runs as root on the node after the cloud-config is in place.
+ACTIVATE = ("find /opt /srv /home/core /var/lib/coreos-vagrant -type f | sort"
+            " > /var/lib/standin/activated-$(date +%s%N); echo {path} >> /var/lib/standin/activated-path")
+
+
+@pytest.fixture(scope="module")
+def prepared(ssh_cluster, tmp_path_factory):
+    """Rendered output and stand-in downloads, made once for the module."""
+    base = tmp_path_factory.mktemp("copy")
+    config = ssh_cluster.make_config(base)
+    render.render_all(config)
+    downloads = settings.path(config, "downloads")
+    downloads.mkdir()
+    for i, artifact in enumerate(config["download"]["artifacts"]):
+        (downloads / artifact["name"]).write_bytes(os.urandom(2000 + i))
+    return base
+
+
+@pytest.fixture
+def cfg(ssh_nodes, prepared):
+    config = ssh_nodes.config
+    config["paths"] = {"output": str(prepared / "out"), "downloads": str(prepared / "downloads")}
+    config["cluster"]["activate_command"] = ACTIVATE
+    return config
+
+
+def expected(config, node: str) -> dict[str, tuple[Path | None, int, str]]:
+    """node path -> (source, mode, owner) of everything `node` must get."""
+    out, downloads = Path(config["paths"]["output"]), Path(config["paths"]["downloads"])
+    files = {f"{a['dest']}/{a['name']}": (downloads / a["name"], 0o755, "root")
+             for a in config["download"]["artifacts"]}
+    files["/opt/kubernetes/manifests"] = (None, 0o755, "root")
+    for name in pki.NODE_FILES:
+        files[f"/srv/kubernetes/{name}"] = (out / "pki" / name, 0o600 if name.endswith(".key") else 0o644, "root")
+    if node == "calico-01":
+        for m in sorted((out / "manifests").glob("*.yaml")):
+            files[f"/home/core/{m.name}"] = (m, 0o644, "core")
+    files[config["cluster"]["user_data_path"]] = (out / "nodes" / f"{node}.yaml", 0o644, "root")
+    return files
+
+
+def owner(path: Path) -> str:
+    import pwd
+
+    return pwd.getpwuid(path.stat().st_uid).pw_name
+
+
+def node_files(ssh_nodes, node: str) -> list[str]:
+    return sorted(str(p.relative_to(ssh_nodes.root(node))) for p in ssh_nodes.root(node).rglob("*")
+                  if p.is_file() and p.name != "hosts")
+
+
+def rows(stdout: str) -> dict[str, list[str]]:
+    """The result table's rows by node: uploaded, unchanged, failed, detail."""
+    return {line.split("\t")[0]: line.split("\t")[1:] for line in stdout.splitlines()
+            if line.startswith("calico-") and "\t" in line}
+
+
+def test_copy_lands_every_file_with_mode_and_owner_and_activates_last(ssh_nodes, cfg, tmp_path):
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 0, done.stderr
+    for node in ssh_nodes.names:
+        want = expected(cfg, node)
+        for target, (source, mode, user) in want.items():
+            got = ssh_nodes.path(node, target)
+            assert (got.stat().st_mode & 0o7777, owner(got)) == (mode, user), (node, target)
+            assert got.is_dir() if source is None else got.read_bytes() == source.read_bytes()
+        # The activation saw every file in place (and no temporary ones), the cloud-config included.
+        (marker,) = ssh_nodes.path(node, "/var/lib/standin").glob("activated-[0-9]*")
+        seen = [f for f in marker.read_text().split() if f != f"/home/core/{copy.STATE}"]
+        assert seen == sorted(t for t, (source, _, _) in want.items() if source is not None)
+        assert ssh_nodes.path(node, "/var/lib/standin/activated-path").read_text() == f"{cfg['cluster']['user_data_path']}\n"
+        user_data = ssh_nodes.path(node, cfg["cluster"]["user_data_path"]).stat().st_mtime_ns
+        assert all(ssh_nodes.path(node, t).stat().st_mtime_ns <= user_data for t in want)
+        assert not list(ssh_nodes.path(node, "/home/core").glob(".inv-copy-*"))
+    assert not ssh_nodes.path("calico-02", "/home/core/skydns.yaml").exists()
+    table = rows(done.stdout)
+    assert table["calico-01"][:3] == [str(len(expected(cfg, "calico-01"))), "0", "0"]
+    assert table["calico-02"][:3] == [str(len(expected(cfg, "calico-02"))), "0", "0"]
+
+
+def test_rerun_uploads_nothing_and_does_not_activate_again(ssh_nodes, cfg, tmp_path):
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
+    before = {n: {f: os.stat(ssh_nodes.root(n) / f).st_mtime_ns for f in node_files(ssh_nodes, n)}
+              for n in ssh_nodes.names}
+    again = run_inv(tmp_path, "copy", config=cfg)
+    assert again.returncode == 0, again.stderr
+    assert {n: r[:3] for n, r in rows(again.stdout).items()} == {
+        n: ["0", str(len(expected(cfg, n))), "0"] for n in ssh_nodes.names}
+    after = {n: {f: os.stat(ssh_nodes.root(n) / f).st_mtime_ns for f in node_files(ssh_nodes, n)}
+             for n in ssh_nodes.names}
+    assert after == before
+
+
+def test_without_the_record_of_sums_a_rerun_hashes_on_the_node_and_uploads_nothing(ssh_nodes, cfg, tmp_path):
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
+    state = ssh_nodes.path("calico-03", f"/home/core/{copy.STATE}")
+    assert len(state.read_text().splitlines()) == len(expected(cfg, "calico-03")) - 1  # files, not the folder
+    state.unlink()
+    # Same size, other bytes: only the sha256 can tell.
+    kubectl = ssh_nodes.path("calico-01", "/opt/bin/kubectl")
+    kubectl.write_bytes(bytes(len(kubectl.read_bytes())))
+    again = run_inv(tmp_path, "copy", config=cfg)
+    assert again.returncode == 0, again.stderr
+    table = rows(again.stdout)
+    assert table["calico-03"][:3] == ["0", str(len(expected(cfg, "calico-03"))), "0"]
+    assert table["calico-01"][:3] == ["2", str(len(expected(cfg, "calico-01")) - 2), "0"]  # kubectl, cloud-config
+    assert kubectl.read_bytes() == (Path(cfg["paths"]["downloads"]) / "kubectl").read_bytes()
+    assert state.exists()  # recorded again
+
+
+def test_a_changed_file_is_uploaded_with_the_cloud_config_after_it(ssh_nodes, cfg, tmp_path):
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
+    # On calico-02 someone loosened a key's mode and replaced kubelet.
+    key = ssh_nodes.path("calico-02", "/srv/kubernetes/server.key")
+    key.chmod(0o644)
+    ssh_nodes.path("calico-02", "/opt/bin/kubelet").write_bytes(b"old")
+    again = run_inv(tmp_path, "copy", config=cfg)
+    assert again.returncode == 0, again.stderr
+    table = rows(again.stdout)
+    assert table["calico-02"][:3] == ["3", str(len(expected(cfg, "calico-02")) - 3), "0"]
+    assert table["calico-03"][:3] == ["0", str(len(expected(cfg, "calico-03"))), "0"]
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert ssh_nodes.path("calico-02", "/opt/bin/kubelet").read_bytes() == (
+        Path(cfg["paths"]["downloads"]) / "kubelet").read_bytes()
+    assert len(list(ssh_nodes.path("calico-02", "/var/lib/standin").glob("activated-[0-9]*"))) == 2
+    assert len(list(ssh_nodes.path("calico-03", "/var/lib/standin").glob("activated-[0-9]*"))) == 1
+
+
+def test_dry_prints_what_each_node_would_get_and_changes_nothing(ssh_nodes, cfg, tmp_path):
+    done = run_inv(tmp_path, "copy", "--dry", config=cfg)
+    assert done.returncode == 0, done.stderr
+    for node in ssh_nodes.names:
+        assert f"{node} would get" in done.stdout
+        assert node_files(ssh_nodes, node) == []
+    assert "/srv/kubernetes/server.key\t0600\troot\t" in done.stdout
+    assert "~/skydns.yaml\t0644\tcore\t" in done.stdout
+    assert {n: r[:3] for n, r in rows(done.stdout).items()} == {
+        n: [str(len(expected(cfg, n))), "0", "0"] for n in ssh_nodes.names}
+
+
+def test_a_stopped_node_is_named_while_the_others_complete(ssh_nodes, cfg, tmp_path):
+    ssh_nodes.stop("calico-02")
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "copy failed on 1 node(s):",
+        f"  calico-02 (127.0.0.2:{ssh_nodes.port}): connection refused (is sshd running?)"]
+    for node in ("calico-01", "calico-03"):
+        assert ssh_nodes.path(node, cfg["cluster"]["user_data_path"]).exists()
+    assert node_files(ssh_nodes, "calico-02") == []
+
+
+def test_a_failed_install_stops_before_the_cloud_config(ssh_nodes, cfg, tmp_path):
+    # A directory where calico-03's kubectl must go: `install` cannot replace it.
+    ssh_nodes.path("calico-03", "/opt/bin/kubectl/x").mkdir(parents=True)
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == "copy failed on 1 node(s):"
+    assert lines[1].startswith(f"  calico-03 (127.0.0.3:{ssh_nodes.port}): /opt/bin/kubectl: exited 1: install:")
+    assert not ssh_nodes.path("calico-03", cfg["cluster"]["user_data_path"]).exists()
+    assert not list(ssh_nodes.path("calico-03", "/var/lib/standin").iterdir())
+    assert not list(ssh_nodes.path("calico-03", "/home/core").glob(".inv-copy-*"))
+    assert ssh_nodes.path("calico-02", cfg["cluster"]["user_data_path"]).exists()
+    # kubectl comes first: nothing after it was installed.
+    assert rows(done.stdout)["calico-03"][:3] == ["0", "0", str(len(expected(cfg, "calico-03")))]
+
+
+def test_missing_render_output_says_run_render_and_touches_no_node(ssh_nodes, cfg, tmp_path):
+    cfg["paths"]["output"] = str(tmp_path / "nothing")
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"{tmp_path / 'nothing' / 'nodes' / 'calico-01.yaml'} is missing: run `inv render` first"
+    assert all(node_files(ssh_nodes, n) == [] for n in ssh_nodes.names)
+
+
+def test_missing_download_says_run_download_and_touches_no_node(ssh_nodes, cfg, tmp_path):
+    downloads = tmp_path / "downloads"
+    shutil.copytree(cfg["paths"]["downloads"], downloads)
+    (downloads / "calico-ipam").unlink()
+    cfg["paths"]["downloads"] = str(downloads)
+    done = run_inv(tmp_path, "copy", "--dry", config=cfg)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"downloaded file {downloads / 'calico-ipam'} is missing: run `inv download` first"
+    assert all(node_files(ssh_nodes, n) == [] for n in ssh_nodes.names)
+
+
+def test_a_relative_user_data_path_is_refused_before_any_node_is_touched(ssh_nodes, cfg, tmp_path):
+    cfg["cluster"]["user_data_path"] = "user-data"
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("invalid configuration: cluster.user_data_path = 'user-data': expected an "
+                                   "absolute path like /var/lib/coreos-vagrant/vagrantfile-user-data")
+    assert all(node_files(ssh_nodes, n) == [] for n in ssh_nodes.names)
+
+
+def test_plan_puts_the_cloud_config_last_and_manifests_only_on_the_master(cfg):
+    cluster = settings.build(cfg)
+    wanted = copy.plan(cfg, cluster)
+    for node in cluster.nodes:
+        assert wanted[node.name][-1].target == cfg["cluster"]["user_data_path"]
+        assert {i.target for i in wanted[node.name]} == {
+            t.replace("/home/core", copy.HOME) for t in expected(cfg, node.name)}
+
+
+def test_needed_compares_content_mode_and_owner():
+    a = copy.Item("/opt/bin/a", 0o755, Path("a"))
+    d = copy.Item("/opt/kubernetes/manifests", 0o755)
+    h = copy.Item("/home/core/x.yaml", 0o644, Path("x"), owner="user")
+    last = copy.Item("/var/lib/coreos-vagrant/vagrantfile-user-data", 0o644, Path("u"))
+    sums = {Path("a"): "1" * 64, Path("x"): "2" * 64, Path("u"): "3" * 64}
+    text = ("stat|755|root|regular file|10|7|1700000000|/opt/bin/a\n"
+            "stat|755|root|directory|4096|8|1700000000|/opt/kubernetes/manifests\n"
+            "stat|644|core|regular file|20|9|1700000000|/home/core/x.yaml\n"
+            "stat|644|root|regular file|30|10|1700000000|/var/lib/coreos-vagrant/vagrantfile-user-data\n"
+            f"sum|{'1' * 64}|10|7|1700000000|/opt/bin/a\n"
+            f"sum|{'2' * 64}|20|9|1700000000|/home/core/x.yaml\n"
+            f"sum|{'3' * 64}|30|10|1699999999|/var/lib/coreos-vagrant/vagrantfile-user-data\n")
+    remote = copy.parse_check(text)
+    # The cloud-config changed after its sum was recorded: that sum does not count.
+    assert copy.unhashed([a, d, h, last], remote) == [last.target]
+    assert copy.needed([a, d, h, last], remote, sums, "core") == [last]
+    remote.update(copy.parse_check(f"{'3' * 64}  /var/lib/coreos-vagrant/vagrantfile-user-data\n"))
+    remote[last.target].update(mode=0o644, owner="root")
+    assert copy.needed([a, d, h, last], remote, sums, "core") == []
+    remote["/opt/bin/a"]["mode"] = 0o644
+    assert copy.needed([a, d, h, last], remote, sums, "core") == [a, last]
+    assert copy.needed([a, d, h, last], remote, sums, "someone") == [a, h, last]
+    assert copy.needed([a, d, h, last], {}, sums, "core") == [a, d, h, last]

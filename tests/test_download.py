@@ -1,0 +1,676 @@
+"""`inv download` against a real HTTP server on 127.0.0.1 (no internet).
+
+`FileServer` is a threaded HTTP/1.1 server (keep-alive, Range) serving
+generated files at the paths the real release servers use; the tests reach it
+through download.mirrors, which maps https://storage.googleapis.com/ and
+https://github.com/ to it, exactly as a user's mirror would. Hooks make it
+redirect, cut a body short, answer 5xx or 404, serve other bytes, stall, or
+throttle; it counts connections and logs every request.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import re
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import DEFAULTS, ROOT, make_config, run_inv
+from tasks import download
+from tasks.settings import ConfigError
+
+K8S = "/kubernetes-release/release/v1.1.7/bin/linux/amd64/"
+CNI = "/projectcalico/calico-cni/releases/download/v1.0.0/"
+SNE = "/kelseyhightower/setup-network-environment/releases/download/1.0.1/setup-network-environment"
+
+
+class FileServer:
+    """Files (bytes or paths on disk) by URL path, with hooks; `rate` bytes/s and `latency` s per response."""
+
+    def __init__(self, rate: float = 0, latency: float = 0):
+        self.files: dict[str, bytes | Path] = {}
+        self.hooks: dict[str, list[tuple]] = {}     # path -> actions, one used up per request
+        self.redirects: dict[str, str] = {}         # path -> target path, every time
+        self.log: list[tuple[str, str, str | None]] = []   # (method, path, Range header)
+        self.connections = 0
+        self.rate, self.latency = rate, latency
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def hook(self, path: str, *actions: tuple) -> None:
+        self.hooks.setdefault(path, []).extend(actions)
+
+    def gets(self, path: str) -> list:
+        return [entry for entry in self.log if entry[0] == "GET" and entry[1] == path]
+
+    def _next_action(self, path: str):
+        with self._lock:
+            queue = self.hooks.get(path)
+            return queue.pop(0) if queue else None
+
+    def _handler(server):  # noqa: N805  (the handler class closes over the server)
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes
+
+            def setup(self):
+                super().setup()
+                with server._lock:
+                    server.connections += 1
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self._serve(body=False)
+
+            def do_GET(self):
+                self._serve(body=True)
+
+            def _serve(self, body: bool):
+                path = self.path
+                with server._lock:
+                    server.log.append((self.command, path, self.headers.get("Range")))
+                action = server._next_action(path) or ("",)
+                if server.latency:
+                    time.sleep(server.latency)
+                if action[0] == "delay":
+                    time.sleep(action[1])
+                if action[0] == "status":
+                    return self._empty(action[1])
+                if path in server.redirects:
+                    return self._empty(302, Location=server.base + server.redirects[path])
+                content = action[1] if action[0] == "body" else server.files.get(path)
+                if content is None:
+                    return self._empty(404)
+                data = content if isinstance(content, bytes) else None
+                size = len(data) if data is not None else content.stat().st_size
+                start, status = 0, 200
+                wanted = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+                if wanted and action[0] != "norange":
+                    start = int(wanted.group(1))
+                    if start >= size:
+                        return self._empty(416, **{"Content-Range": f"bytes */{size}"})
+                    status = 206
+                self.send_response(status)
+                self.send_header("Content-Length", str(size - start))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+                self.end_headers()
+                if not body:
+                    return
+                stop = size
+                if action[0] == "cut":  # promise everything, send part of it, hang up
+                    stop = min(size, start + action[1])
+                    self.close_connection = True
+                stall = action[1:] if action[0] == "stall" else None
+                self._send(data, content, start, stop, stall)
+
+            def _send(self, data, content, start, stop, stall):
+                began, sent = time.monotonic(), 0
+                source = None if data is not None else open(content, "rb")
+                try:
+                    if source:
+                        source.seek(start)
+                    position = start
+                    while position < stop:
+                        n = min(64 * 1024, stop - position, (stall[0] - position) if stall else stop)
+                        chunk = data[position:position + n] if source is None else source.read(n)
+                        self.wfile.write(chunk)
+                        position += n
+                        sent += n
+                        if stall and position == stall[0]:  # ("stall", at, seconds): a silent pause
+                            self.wfile.flush()
+                            time.sleep(stall[1])
+                            stall = None
+                        if server.rate:
+                            ahead = sent / server.rate - (time.monotonic() - began)
+                            if ahead > 0:
+                                time.sleep(ahead)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                finally:
+                    if source:
+                        source.close()
+
+            def _empty(self, status, **headers):
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        return Handler
+
+
+def blob(name: str, size: int = 40_000) -> bytes:
+    """Distinct, reproducible bytes for a file."""
+    seed = hashlib.sha256(name.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size] + name.encode()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def url_path(artifact_url: str) -> str:
+    """The path a mirrored default URL asks the test server for."""
+    return "/" + artifact_url.split("/", 3)[3]
+
+
+@pytest.fixture
+def server():
+    with FileServer() as srv:
+        yield srv
+
+
+def mirrored(tmp_path, srv: FileServer, **download_keys) -> dict:
+    """The default configuration, its two upstream hosts mirrored to `srv`, everything in tmp_path."""
+    artifacts = [dict(a, sha256="") for a in DEFAULTS["download"]["artifacts"]]
+    keys = {"lock_file": str(tmp_path / "downloads.lock"), "timeout": 2, "retries": 3,
+            "artifacts": artifacts,
+            "mirrors": {"https://storage.googleapis.com/": srv.base + "/", "https://github.com/": srv.base + "/"}}
+    keys.update(download_keys)
+    return make_config(tmp_path, download=keys)
+
+
+def publish(srv: FileServer, config: dict, size: int = 40_000) -> dict[str, bytes]:
+    """Generated contents for every configured artifact, served at its mirrored path."""
+    contents = {}
+    for art in download.artifacts(config):
+        contents[art.name] = blob(art.name + art.upstream, size)
+        srv.files[url_path(art.url)] = contents[art.name]
+    return contents
+
+
+def fetch(config, **kwargs) -> download.Outcome:
+    return download.fetch_all(config, backoff=0.01, **kwargs)
+
+
+def failures(outcome) -> dict[str, str]:
+    return {art.name: reason for art, reason in outcome.failed}
+
+
+def assert_placed(config, contents: dict[str, bytes]) -> None:
+    folder = Path(config["paths"]["downloads"])
+    for name, data in contents.items():
+        assert (folder / name).read_bytes() == data, name
+        assert (folder / name).stat().st_mode & 0o777 == 0o755, name
+    assert not list(folder.glob("*.part"))
+
+
+# --- configuration (pure) -----------------------------------------------------
+
+def test_default_artifacts_are_the_seeds_binaries_over_https(config):
+    arts = {a.name: a for a in download.artifacts(config)}
+    assert list(arts) == ["kubectl", "kubelet", "kube-proxy", "kube-apiserver", "kube-controller-manager",
+                          "kube-scheduler", "calicoctl", "calico", "calico-ipam", "setup-network-environment"]
+    assert arts["kubelet"].url == ("https://storage.googleapis.com/kubernetes-release/release/v1.1.7/"
+                                   "bin/linux/amd64/kubelet")
+    assert arts["calicoctl"].url == ("https://github.com/projectcalico/calico-containers/releases/download/"
+                                     "v0.15.0/calicoctl")
+    assert arts["calico-ipam"].url.endswith("/calico-cni/releases/download/v1.0.0/calico-ipam")
+    assert arts["setup-network-environment"].sha256 == (
+        "8cd414e0d3e94bfd310a1945d69ce72ccca7d8585ea8f29df85637664a59c7c7")
+    assert {a.dest for a in arts.values() if a.name.startswith("calico") and a.name != "calicoctl"} == {
+        "/opt/cni/bin"}
+    assert arts["kubectl"].dest == "/opt/bin" and arts["kubectl"].mode == 0o755
+    assert arts["kubectl"].path == Path(config["paths"]["downloads"]) / "kubectl"
+    assert all(a.url.startswith("https://") and a.url == a.upstream for a in arts.values())
+
+
+def test_versions_change_the_urls(tmp_path):
+    config = make_config(tmp_path, versions={"kubernetes": "v1.2.0", "calico_cni": "v1.1.0"})
+    arts = {a.name: a for a in download.artifacts(config)}
+    assert "/release/v1.2.0/bin/" in arts["kubectl"].url
+    assert "/download/v1.1.0/calico" in arts["calico"].url
+
+
+def test_mirrors_replace_the_longest_matching_prefix(tmp_path):
+    mirrors = {"https://github.com/": "https://gh.example/",
+               "https://github.com/projectcalico/": "https://calico.example/m/",
+               "https://storage.googleapis.com/": "https://mirror.example/k8s/"}
+    arts = {a.name: a for a in download.artifacts(make_config(tmp_path, download={"mirrors": mirrors}))}
+    assert arts["kubectl"].url == "https://mirror.example/k8s/kubernetes-release/release/v1.1.7/bin/linux/amd64/kubectl"
+    assert arts["calico"].url == "https://calico.example/m/calico-cni/releases/download/v1.0.0/calico"
+    assert arts["setup-network-environment"].url.startswith("https://gh.example/kelseyhightower/")
+    assert arts["kubectl"].upstream.startswith("https://storage.googleapis.com/")
+
+
+def bad_artifact(index: int, **changes) -> dict:
+    arts = [dict(a) for a in DEFAULTS["download"]["artifacts"]]
+    arts[index].update(changes)
+    return {"artifacts": arts}
+
+
+@pytest.mark.parametrize("keys, message", [
+    (bad_artifact(3, mode="999"), "download.artifacts[3].mode = '999': expected an octal file mode"),
+    (bad_artifact(1, url="https://x.example/{kube}/kubelet"),
+     "download.artifacts[1].url = 'https://x.example/{kube}/kubelet': "
+     "expected an http(s) URL whose placeholders are among {kubernetes}, {calicoctl}"),
+    (bad_artifact(1, url="https://x.example/{kubernetes"), "download.artifacts[1].url"),
+    (bad_artifact(0, url="ftp://x.example/kubectl"), "expected an http:// or https:// URL"),
+    (bad_artifact(2, name="kubectl"), "download.artifacts[2].name = 'kubectl': expected a name no other artifact has"),
+    (bad_artifact(2, name="../kube-proxy"), "download.artifacts[2].name = '../kube-proxy'"),
+    (bad_artifact(4, sha256="xyz"), "download.artifacts[4].sha256 = 'xyz': expected 64 hexadecimal digits"),
+    (bad_artifact(5, dest="opt/bin"), "download.artifacts[5].dest = 'opt/bin': expected an absolute folder"),
+    (bad_artifact(5, mode=755), "download.artifacts[5].mode = 755: expected a string"),
+    (bad_artifact(5, checksum="ab"), "download.artifacts[5].checksum"),
+    ({"mirrors": {"https://github.com/": "gh.example"}}, "download.mirrors['https://github.com/'] = 'gh.example'"),
+    ({"parallel": 0}, "download.parallel = 0: expected a whole number of at least 1"),
+    ({"lock_file": ""}, "download.lock_file = ''"),
+])
+def test_bad_configuration_is_one_line_naming_the_key(tmp_path, keys, message):
+    with pytest.raises(ConfigError) as err:
+        download.artifacts(make_config(tmp_path, download=keys))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_lock_file_round_trip_and_bad_line():
+    entries = {"kubectl": download.Locked("ab" * 32, "https://storage.googleapis.com/k/kubectl"),
+               "calico": download.Locked("cd" * 32, "https://github.com/p/calico")}
+    text = download.format_lock(entries)
+    assert text.startswith("#") and text.index("calico") < text.index("kubectl")
+    assert download.parse_lock(text, "downloads.lock") == entries
+    with pytest.raises(ConfigError, match=r"downloads.lock line 2 = 'nonsense here'"):
+        download.parse_lock("# header\nnonsense here\n", "downloads.lock")
+
+
+def test_digest_files_are_parsed_in_both_published_forms():
+    digest = hashlib.sha1(b"x").hexdigest()
+    assert download.parse_digest(digest.encode() + b"\n", "sha1") == digest
+    assert download.parse_digest(digest.upper().encode() + b"  kubectl\n", "sha1") == digest
+    assert download.parse_digest(b"<html>Not here</html>", "sha1") is None
+    assert download.parse_digest(digest.encode(), "md5") is None  # wrong length for the algorithm
+    assert [a for a, _ in download.digest_urls("https://h/f")] == ["sha256", "sha1", "md5"]
+
+
+def test_only_names_must_exist(config):
+    every = download.artifacts(config)
+    assert [a.name for a in download.select(every, ["calico", "kubectl"])] == ["kubectl", "calico"]
+    with pytest.raises(ConfigError, match=r"--only = 'kubctl': expected an artifact name"):
+        download.select(every, ["kubctl"])
+
+
+# --- downloading from the real server -------------------------------------------
+
+def test_fresh_download_places_verified_executables_and_writes_the_lock(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    outcome = fetch(config)
+    assert not outcome.failed and len(outcome.downloaded) == 10 and outcome.lock_changed
+    assert_placed(config, contents)
+    lock = download.read_lock(tmp_path / "downloads.lock")
+    assert lock["kubectl"] == download.Locked(sha(contents["kubectl"]), download.artifacts(config)[0].upstream)
+    assert lock["kubectl"].url.startswith("https://storage.googleapis.com/")  # the lock is mirror-independent
+    assert len(lock) == 10
+    # Connections are reused: 10 files and 30 digest-file look-ups over one connection per worker
+    # (download.parallel for files, as many for the look-ups beside them).
+    assert len(server.log) == 40 and server.connections <= 8
+
+
+def test_rerun_with_everything_in_place_makes_no_request_and_opens_no_session(tmp_path, server, monkeypatch):
+    config = mirrored(tmp_path, server)
+    publish(server, config)
+    fetch(config)
+    before = len(server.log)
+    import requests
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a session was created")
+
+    monkeypatch.setattr(requests, "Session", no_network)
+    outcome = fetch(config)
+    assert len(outcome.present) == 10 and not outcome.downloaded and not outcome.lock_changed
+    assert len(server.log) == before
+
+
+def test_rerun_without_the_stat_cache_hashes_files_and_still_stays_offline(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    publish(server, config)
+    fetch(config)
+    (tmp_path / "downloads" / download.CACHE).unlink()
+    before = len(server.log)
+    assert len(fetch(config).present) == 10 and len(server.log) == before
+
+
+def test_a_locally_changed_file_is_downloaded_again(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    fetch(config)
+    kubelet = tmp_path / "downloads" / "kubelet"
+    kubelet.write_bytes(b"tampered")
+    outcome = fetch(config)
+    assert [a.name for a, _, _ in outcome.downloaded] == ["kubelet"]
+    assert kubelet.read_bytes() == contents["kubelet"]
+
+
+def test_github_redirects_are_followed(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    for art in download.artifacts(config):
+        if "/releases/download/" in art.url:
+            target = "/objects/" + art.name
+            server.files[target] = server.files.pop(url_path(art.url))
+            server.redirects[url_path(art.url)] = target
+    assert not fetch(config).failed
+    assert_placed(config, contents)
+    assert server.gets("/objects/calico")
+
+
+def test_a_body_cut_short_is_resumed_with_range(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    server.hook(K8S + "kube-apiserver", ("cut", 15_000))
+    assert not fetch(config).failed
+    assert_placed(config, contents)
+    ranges = [r for _, _, r in server.gets(K8S + "kube-apiserver")]
+    assert ranges == [None, "bytes=15000-"]
+
+
+def test_a_partial_file_from_an_interrupted_run_is_resumed(tmp_path, server):
+    config = mirrored(tmp_path, server, artifacts=[DEFAULTS["download"]["artifacts"][0]])
+    contents = publish(server, config)
+    (tmp_path / "downloads").mkdir()
+    art = download.artifacts(config)[0]
+    download.part_path(art).write_bytes(contents["kubectl"][:12_345])
+    stale = art.path.with_name("kubectl.0123abcd.part")  # left by another version's URL
+    stale.write_bytes(b"old")
+    assert not fetch(config).failed
+    assert server.gets(K8S + "kubectl")[0][2] == "bytes=12345-"
+    assert art.path.read_bytes() == contents["kubectl"] and not stale.exists()
+
+
+def test_a_server_that_ignores_range_restarts_the_file(tmp_path, server):
+    config = mirrored(tmp_path, server, artifacts=[DEFAULTS["download"]["artifacts"][0]])
+    contents = publish(server, config)
+    server.hook(K8S + "kubectl", ("cut", 10_000), ("norange",))
+    assert not fetch(config).failed
+    assert (tmp_path / "downloads" / "kubectl").read_bytes() == contents["kubectl"]
+
+
+def test_500_then_success_is_retried(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    server.hook(K8S + "kubelet", ("status", 500), ("status", 503))
+    assert not fetch(config).failed
+    assert_placed(config, contents)
+    assert len(server.gets(K8S + "kubelet")) == 3
+
+
+def test_404_fails_that_artifact_only_without_retrying(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    del server.files[CNI + "calico-ipam"]
+    outcome = fetch(config)
+    assert failures(outcome) == {"calico-ipam": "HTTP 404 Not Found"}
+    assert len(server.gets(CNI + "calico-ipam")) == 1
+    del contents["calico-ipam"]
+    assert_placed(config, contents)
+    assert not (tmp_path / "downloads" / "calico-ipam").exists()
+    assert "calico-ipam" not in download.read_lock(tmp_path / "downloads.lock")
+
+
+def test_persistent_5xx_fails_after_the_configured_tries(tmp_path, server):
+    config = mirrored(tmp_path, server, retries=2)
+    publish(server, config)
+    server.hook(CNI + "calico", *[("status", 502)] * 5)
+    outcome = fetch(config)
+    assert failures(outcome) == {"calico": "HTTP 502 Bad Gateway (tried 2 times)"}
+    assert len(server.gets(CNI + "calico")) == 2 and len(outcome.downloaded) == 9
+
+
+def test_wrong_bytes_against_a_pin_never_reach_the_final_path(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    config["download"]["artifacts"][9]["sha256"] = sha(b"what upstream promised")
+    outcome = fetch(config)
+    reason = failures(outcome)["setup-network-environment"]
+    assert reason == (f"sha256 {sha(contents['setup-network-environment'])} does not match "
+                      f"{sha(b'what upstream promised')} pinned in download.artifacts")
+    folder = tmp_path / "downloads"
+    assert not (folder / "setup-network-environment").exists() and not list(folder.glob("*.part"))
+    # Pinned: no need to ask for digest files.
+    assert not any(p.startswith(SNE + ".") for _, p, _ in server.log)
+
+
+def test_a_matching_pin_is_accepted(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    config["download"]["artifacts"][9]["sha256"] = sha(contents["setup-network-environment"]).upper()
+    assert not fetch(config).failed
+
+
+def test_changed_upstream_bytes_fail_against_the_lock_until_update_lock(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    fetch(config)
+    kubectl = tmp_path / "downloads" / "kubectl"
+    kubectl.unlink()
+    server.files[K8S + "kubectl"] = b"a rebuilt kubectl"
+    outcome = fetch(config)
+    assert failures(outcome)["kubectl"] == (
+        f"sha256 {sha(b'a rebuilt kubectl')} does not match {sha(contents['kubectl'])} recorded in "
+        "downloads.lock (run with --update-lock to accept a new upstream)")
+    assert not kubectl.exists()
+    assert download.read_lock(tmp_path / "downloads.lock")["kubectl"].sha256 == sha(contents["kubectl"])
+    outcome = fetch(config, update_lock=True, only=["kubectl"])
+    assert not outcome.failed and outcome.lock_changed
+    assert kubectl.read_bytes() == b"a rebuilt kubectl"
+    lock = download.read_lock(tmp_path / "downloads.lock")
+    assert lock["kubectl"].sha256 == sha(b"a rebuilt kubectl") and len(lock) == 10
+
+
+def test_a_new_version_is_downloaded_and_relocked(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    publish(server, config)
+    fetch(config)
+    config["versions"]["calico_cni"] = "v1.1.0"
+    contents = publish(server, config)
+    outcome = fetch(config)
+    assert sorted(a.name for a, _, _ in outcome.downloaded) == ["calico", "calico-ipam"]
+    lock = download.read_lock(tmp_path / "downloads.lock")
+    upstream = "https://github.com/projectcalico/calico-cni/releases/download/v1.1.0/calico"
+    assert lock["calico"] == download.Locked(sha(contents["calico"]), upstream)
+
+
+@pytest.mark.parametrize("published, ok", [
+    ({".sha256": lambda d: hashlib.sha256(d).hexdigest() + "  kubectl\n"}, True),
+    ({".sha1": lambda d: hashlib.sha1(d).hexdigest()}, True),
+    ({".md5": lambda d: hashlib.md5(d).hexdigest()}, True),
+    ({".sha256": lambda d: "0" * 64, ".sha1": lambda d: hashlib.sha1(d).hexdigest()}, False),
+    ({".sha1": lambda d: "0" * 40}, False),
+    ({".md5": lambda d: "0" * 32}, False),
+])
+def test_published_digest_files_are_checked(tmp_path, server, published, ok):
+    config = mirrored(tmp_path, server, artifacts=[DEFAULTS["download"]["artifacts"][0]])
+    contents = publish(server, config)
+    for suffix, make in published.items():
+        server.files[K8S + "kubectl" + suffix] = make(contents["kubectl"]).encode()
+    outcome = fetch(config)
+    assert (tmp_path / "downloads" / "kubectl").exists() == ok
+    if not ok:
+        suffix = next(iter(published))
+        assert failures(outcome)["kubectl"].endswith(f"published at {server.base}{K8S}kubectl{suffix}")
+    # The strongest published digest is the one used: nothing weaker is asked for after it.
+    asked = [p.rsplit(".", 1)[1] for _, p, _ in server.log if p.startswith(K8S + "kubectl.")]
+    first = next(iter(published))[1:]
+    assert asked == ["sha256", "sha1", "md5"][:["sha256", "sha1", "md5"].index(first) + 1]
+
+
+def test_a_digest_file_that_arrives_after_the_body_is_still_checked(tmp_path, server):
+    config = mirrored(tmp_path, server, artifacts=[DEFAULTS["download"]["artifacts"][0]])
+    contents = publish(server, config)
+    server.files[K8S + "kubectl.md5"] = hashlib.md5(b"other bytes").hexdigest().encode()
+    server.hook(K8S + "kubectl.sha256", ("delay", 0.3))
+    outcome = fetch(config)
+    assert failures(outcome)["kubectl"] == (
+        f"md5 {hashlib.md5(contents['kubectl']).hexdigest()} does not match "
+        f"{hashlib.md5(b'other bytes').hexdigest()} published at {server.base}{K8S}kubectl.md5")
+    assert not (tmp_path / "downloads" / "kubectl").exists()
+
+
+def test_a_server_that_stays_silent_times_out_and_a_retry_succeeds(tmp_path, server):
+    config = mirrored(tmp_path, server, timeout=1)
+    contents = publish(server, config)
+    server.hook(K8S + "kube-proxy", ("delay", 1.6))
+    server.hook(CNI + "calico", ("stall", 30_000, 1.6))
+    assert not fetch(config).failed
+    assert_placed(config, contents)
+    assert [r for _, _, r in server.gets(CNI + "calico")] == [None, "bytes=30000-"]
+
+
+def test_a_server_that_never_answers_fails_with_a_timeout(tmp_path, server):
+    config = mirrored(tmp_path, server, timeout=1, retries=2,
+                      artifacts=DEFAULTS["download"]["artifacts"][:2])
+    publish(server, config)
+    server.hook(K8S + "kubelet", ("delay", 1.5), ("delay", 1.5))
+    outcome = fetch(config)
+    assert failures(outcome) == {"kubelet": "timed out: no data for 1 s (tried 2 times)"}
+    assert [a.name for a, _, _ in outcome.downloaded] == ["kubectl"]
+
+
+def test_a_closed_port_is_a_connection_failure(tmp_path, server):
+    config = mirrored(tmp_path, server, retries=1, artifacts=DEFAULTS["download"]["artifacts"][:1])
+    server.__exit__()
+    outcome = fetch(config)
+    assert failures(outcome) == {"kubectl": "connection failed: Connection refused"}
+
+
+def test_check_reports_status_and_size_without_downloading(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config, size=5000)
+    del server.files[K8S + "kube-scheduler"]
+    rows = {art.name: (status, size) for art, status, size in download.check_all(config)}
+    assert rows["kubectl"] == ("200 OK", len(contents["kubectl"]))
+    assert rows["kube-scheduler"] == ("404 Not Found", 0)
+    assert {m for m, _, _ in server.log} == {"HEAD"}
+    assert not (tmp_path / "downloads").exists()
+
+
+def test_check_falls_back_to_get_when_head_is_refused(tmp_path, server):
+    config = mirrored(tmp_path, server, artifacts=DEFAULTS["download"]["artifacts"][:1])
+    publish(server, config, size=5000)
+    server.hook(K8S + "kubectl", ("status", 405))
+    [(art, status, size)] = download.check_all(config)
+    assert status == "200 OK" and size > 5000
+    assert [m for m, _, _ in server.log] == ["HEAD", "GET"]
+
+
+def test_mode_and_only_are_honoured(tmp_path, server):
+    arts = [dict(a, sha256="") for a in DEFAULTS["download"]["artifacts"]]
+    arts[7]["mode"] = "0644"
+    config = mirrored(tmp_path, server, artifacts=arts)
+    publish(server, config)
+    outcome = fetch(config, only=["calico"], parallel=1)
+    assert [a.name for a, _, _ in outcome.downloaded] == ["calico"]
+    assert (tmp_path / "downloads" / "calico").stat().st_mode & 0o777 == 0o644
+    assert sorted(os.listdir(tmp_path / "downloads")) == [download.CACHE, "calico"]
+
+
+# --- the real `inv download` ----------------------------------------------------
+
+def test_inv_download_then_offline_rerun(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    publish(server, config)
+    first = run_inv(tmp_path, "download", config=config)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("downloaded ") == 10
+    assert re.search(r"^downloaded kube-apiserver: 40\.\d kB in \d+\.\d s \(.+/s\)$", first.stdout, re.M)
+    assert "10 downloaded, 0 already present" in first.stdout
+    server.__exit__()  # offline from here on
+    again = run_inv(tmp_path, "download", config=config)
+    assert again.returncode == 0, again.stderr
+    assert "0 downloaded, 10 already present and verified" in again.stdout
+    assert "downloads.lock unchanged" in again.stdout
+
+
+def test_inv_download_on_a_terminal_shows_live_progress(tmp_path, server):
+    """The real `inv` with its output on a pseudo-terminal, as a user sees it."""
+    config = mirrored(tmp_path, server)
+    publish(server, config)
+    del server.files[K8S + "kubelet"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(tmp_path / "c.yaml"), "download"],
+                            cwd=ROOT, stdin=follower, stdout=follower, stderr=follower,
+                            env=dict(os.environ, COLUMNS="140", TERM="xterm"))
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=60) == 1
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert re.search(r"total\s+━+ 360\.\d/360\.\d kB +[\d.]+ [kM]B/s", text)  # the total bar, with speed
+    assert re.search(r"kube-apiserver\s+━+\s+40\.\d/40\.\d kB", text)
+    assert f"FAILED kubelet {server.base}{K8S}kubelet: HTTP 404 Not Found" in text
+    assert "download failed for 1 of 10 artifact(s): kubelet" in text
+    assert "downloaded kubectl" not in text  # the bars say it; no plain lines on a terminal
+
+
+def test_inv_download_failures_name_artifact_url_and_reason(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    del server.files[K8S + "kube-proxy"]
+    config["download"]["artifacts"][6]["sha256"] = "0" * 64
+    result = run_inv(tmp_path, "download", config=config)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
+    assert sorted(errors) == sorted([
+        f"FAILED kube-proxy {server.base}{K8S}kube-proxy: HTTP 404 Not Found",
+        f"FAILED calicoctl {server.base}/projectcalico/calico-containers/releases/download/v0.15.0/calicoctl: "
+        f"sha256 {sha(contents['calicoctl'])} does not match {'0' * 64} pinned in download.artifacts",
+    ])
+    assert "download failed for 2 of 10 artifact(s): " in result.stderr
+    assert result.stdout.count("downloaded ") == 8
+
+
+def test_inv_download_check_exits_non_zero_when_something_is_missing(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    publish(server, config, size=1000)
+    del server.files[CNI + "calico"]
+    result = run_inv(tmp_path, "download", "--check", config=config)
+    assert result.returncode == 1
+    assert f"kubectl\t{server.base}{K8S}kubectl\t200 OK\t" in result.stdout
+    assert "calico (404 Not Found)" in result.stderr
+    assert not (tmp_path / "downloads").exists()
+
+
+def test_inv_download_rejects_bad_configuration_and_unknown_names(tmp_path):
+    config = make_config(tmp_path, download=bad_artifact(3, mode="999"))
+    result = run_inv(tmp_path, "download", config=config)
+    assert result.returncode == 2
+    assert "download.artifacts[3].mode = '999': expected an octal file mode like 0755" in result.stderr
+    result = run_inv(tmp_path, "download", "--only", "kubctl", config=make_config(tmp_path))
+    assert result.returncode == 2 and "--only = 'kubctl'" in result.stderr
+    result = run_inv(tmp_path, "download", "--parallel", "-2", config=make_config(tmp_path))
+    assert result.returncode == 2 and "--parallel = -2: expected a whole number of at least 1" in result.stderr
+    assert not (tmp_path / "downloads").exists()

@@ -1,0 +1,218 @@
+"""tasks/nodes.py against real OpenSSH nodes (tests/sshnodes.py).
+
+The vagrant provider is tested with a stand-in `vagrant` program on PATH that
+prints a `vagrant ssh-config` text in Vagrant 2.3's exact format pointing at
+the sshd nodes: VirtualBox cannot run here, and the connection details are
+all `nodes` takes from Vagrant.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import invoke
+import pytest
+from conftest import make_config
+
+from tasks import nodes, settings
+
+# `vagrant ssh-config calico-01 calico-02` as Vagrant 2.3.4 prints it (user paths shortened).
+VAGRANT_SSH_CONFIG = """\
+Host calico-01
+  HostName 127.0.0.1
+  User core
+  Port 2222
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile /home/me/project/.vagrant/machines/calico-01/virtualbox/private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+  PubkeyAcceptedKeyTypes +ssh-rsa
+  HostKeyAlgorithms +ssh-rsa
+
+Host calico-02
+  HostName 127.0.0.1
+  User core
+  Port 2200
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile /home/me/project/.vagrant/machines/calico-02/virtualbox/private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+  PubkeyAcceptedKeyTypes +ssh-rsa
+  HostKeyAlgorithms +ssh-rsa
+
+"""
+
+
+def context(config) -> invoke.Context:
+    return invoke.Context(invoke.Config(overrides=config))
+
+
+def hostname(name, conn):
+    return conn.run("hostname", hide=True).stdout.strip()
+
+
+def test_hosts_provider_reaches_each_node_with_its_own_key(ssh_nodes):
+    c = context(ssh_nodes.config)
+    conns = nodes.connections(c, settings.build(c.config))
+    try:
+        assert list(conns) == ["calico-01", "calico-02", "calico-03"]
+        # Each sshd accepts only its own node's key: a leaked key would fail here.
+        assert nodes.on_nodes(conns, hostname) == {n: n for n in conns}
+        keys = [conn.connect_kwargs["key_filename"] for conn in conns.values()]
+        assert keys == [[str(ssh_nodes.key_file(n))] for n in conns]
+        assert all(conn.config.run.in_stream is False for conn in conns.values())
+        # OpenSSH offers AES-GCM: preferred over paramiko's default AES-CTR + HMAC for speed.
+        assert {conn.transport.local_cipher for conn in conns.values()} == {"aes128-gcm@openssh.com"}
+    finally:
+        nodes.close_all(conns)
+
+
+def test_on_nodes_names_the_failed_node_after_the_others_complete(ssh_nodes):
+    ssh_nodes.stop("calico-02")
+    c = context(ssh_nodes.config)
+    conns = nodes.connections(c, settings.build(c.config))
+    with pytest.raises(invoke.Exit) as err:
+        nodes.on_nodes(conns, lambda name, conn: conn.run(f"echo {name} > ~/seen", hide=True), what="marking")
+    message = err.value.message
+    assert message.splitlines() == [
+        "marking failed on 1 node(s):",
+        f"  calico-02 (127.0.0.2:{ssh_nodes.port}): connection refused (is sshd running?)"]
+    for name in ("calico-01", "calico-03"):
+        assert ssh_nodes.path(name, "/home/core/seen").read_text() == f"{name}\n"
+    nodes.close_all(conns)
+
+
+def test_attempt_returns_failures_with_the_command_and_its_error(ssh_nodes):
+    c = context(ssh_nodes.config)
+    conns = nodes.connections(c, settings.build(c.config))
+
+    def fn(name, conn):
+        if name == "calico-03":
+            conn.run("echo first >&2; echo 'disk full' >&2; exit 3", hide=True)
+        return name.upper()
+
+    results, failures = nodes.attempt(conns, fn)
+    nodes.close_all(conns)
+    assert results == {"calico-01": "CALICO-01", "calico-02": "CALICO-02"}
+    assert str(failures["calico-03"]) == (f"calico-03 (127.0.0.3:{ssh_nodes.port}): "
+                                          "`echo first >&2; echo 'disk full' >&2; exit 3` exited 3: disk full")
+
+
+def test_a_wrong_key_is_reported_as_an_authentication_failure(ssh_nodes, tmp_path):
+    hosts = ssh_nodes.hosts()
+    hosts[1]["key_file"] = hosts[0]["key_file"]
+    c = context(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts}))
+    conns = nodes.connections(c, settings.build(c.config))
+    results, failures = nodes.attempt(conns, hostname)
+    nodes.close_all(conns)
+    assert set(results) == {"calico-01", "calico-03"}
+    assert "calico-02" in str(failures["calico-02"]) and "authentication failed" in failures["calico-02"].reason
+
+
+def test_wait_ready_waits_for_a_node_that_comes_up(ssh_nodes):
+    ssh_nodes.stop("calico-03")
+    c = context(ssh_nodes.config)
+    conns = nodes.connections(c, settings.build(c.config))
+    later = threading.Timer(1.5, ssh_nodes.start, args=("calico-03",))
+    later.start()
+    try:
+        nodes.wait_ready(conns, timeout=30)
+    finally:
+        later.join()
+        nodes.close_all(conns)
+    assert nodes.on_nodes(conns, hostname)["calico-03"] == "calico-03"
+    nodes.close_all(conns)
+
+
+def test_wait_ready_gives_up_naming_the_node(ssh_nodes):
+    ssh_nodes.stop("calico-01")
+    c = context(ssh_nodes.config)
+    conns = nodes.connections(c, settings.build(c.config))
+    started = time.monotonic()
+    with pytest.raises(invoke.Exit) as err:
+        nodes.wait_ready(conns, timeout=2)
+    nodes.close_all(conns)
+    assert time.monotonic() - started < 15
+    assert f"calico-01 (127.0.0.1:{ssh_nodes.port}): connection refused" in err.value.message
+    assert "calico-02" not in err.value.message
+
+
+def test_parse_vagrant_ssh_config_gives_each_host_its_own_port_and_key():
+    got = nodes.parse_ssh_config(VAGRANT_SSH_CONFIG, ["calico-01", "calico-02"])
+    assert got == {
+        "calico-01": {"host": "127.0.0.1", "port": 2222, "user": "core",
+                      "key_files": ["/home/me/project/.vagrant/machines/calico-01/virtualbox/private_key"]},
+        "calico-02": {"host": "127.0.0.1", "port": 2200, "user": "core",
+                      "key_files": ["/home/me/project/.vagrant/machines/calico-02/virtualbox/private_key"]},
+    }
+
+
+def test_parse_vagrant_ssh_config_names_a_missing_machine():
+    with pytest.raises(invoke.Exit) as err:
+        nodes.parse_ssh_config(VAGRANT_SSH_CONFIG, ["calico-01", "calico-02", "calico-03"])
+    assert "no entry for calico-03 (has: calico-01, calico-02): run `inv up`" in err.value.message
+
+
+def stand_in_vagrant(folder, ssh_nodes, exit_code=0):
+    """A `vagrant` that logs its arguments and answers `ssh-config` for the sshd nodes."""
+    text = "".join(
+        f"Host {n}\n  HostName {ssh_nodes.addresses[n]}\n  User core\n  Port {ssh_nodes.port}\n"
+        f"  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  PasswordAuthentication no\n"
+        f"  IdentityFile {ssh_nodes.key_file(n)}\n  IdentitiesOnly yes\n  LogLevel FATAL\n\n"
+        for n in ssh_nodes.names)
+    (folder / "ssh-config.txt").write_text(text)
+    script = folder / "vagrant"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {folder}/calls.log
+echo "CLUSTER_DESCRIPTION=$CLUSTER_DESCRIPTION" >> {folder}/calls.log
+case "$1" in
+  ssh-config) cat {folder}/ssh-config.txt ;;
+  *) echo "vagrant $1: stand-in output" ;;
+esac
+exit {exit_code}
+""")
+    script.chmod(0o755)
+    return folder / "calls.log"
+
+
+def test_vagrant_provider_takes_every_node_from_one_ssh_config_call(ssh_nodes, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = stand_in_vagrant(bin_dir, ssh_nodes)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    c = context(make_config(tmp_path))  # provider vagrant, calico-01..03
+    conns = nodes.connections(c, settings.build(c.config))
+    try:
+        assert nodes.on_nodes(conns, hostname) == {n: n for n in ssh_nodes.names}
+    finally:
+        nodes.close_all(conns)
+    log = calls.read_text().splitlines()
+    assert log[0] == "ssh-config calico-01 calico-02 calico-03"
+    assert log[1] == f"CLUSTER_DESCRIPTION={tmp_path / 'out' / 'cluster.json'}"
+    assert len(log) == 2
+
+
+def test_vagrant_ssh_config_failure_says_to_run_up(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vagrant").write_text("#!/bin/sh\necho 'The provider for this Vagrant-managed machine is "
+                                     "reporting that it is not yet ready for SSH.' >&2\nexit 1\n")
+    (bin_dir / "vagrant").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    c = context(make_config(tmp_path))
+    with pytest.raises(invoke.Exit) as err:
+        nodes.connections(c, settings.build(c.config))
+    assert err.value.message == ("`vagrant ssh-config` failed: The provider for this Vagrant-managed machine is "
+                                 "reporting that it is not yet ready for SSH. (are the VMs up? run `inv up`)")
+
+
+def test_missing_vagrant_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    c = context(make_config(tmp_path))
+    with pytest.raises(invoke.Exit) as err:
+        nodes.connections(c, settings.build(c.config))
+    assert err.value.message == nodes.VAGRANT_INSTALL

@@ -1,0 +1,200 @@
+"""`inv up`, `status`, `ssh`, `destroy` through the real `inv`.
+
+Provider `hosts` runs against the real OpenSSH nodes of tests/sshnodes.py.
+Provider `vagrant` cannot start VirtualBox VMs here, so two stand-ins are used:
+the real Vagrant with a stand-in `VBoxManage` that only answers `--version`
+(enough for `vagrant status` and `vagrant destroy` on machines not created), and,
+where VMs must exist, a stand-in `vagrant` program that logs its arguments and
+answers `ssh-config` with the sshd nodes' details (tests/test_nodes.py).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, make_config, run_inv
+from test_nodes import stand_in_vagrant
+
+from tasks import nodes, render, vm
+
+MACHINE_READABLE = """\
+1795838515,calico-01,metadata,provider,virtualbox
+1795838515,calico-01,provider-name,virtualbox
+1795838515,calico-01,state,running
+1795838515,calico-01,state-human-short,running
+1795838515,calico-02,state,poweroff
+1795838515,calico-03,state,not_created
+1795838515,calico-03,state-human-long,The environment has not yet been created. Run `vagrant up` to\\ncreate
+1795838515,,ui,info,Current machine states:\\n\\ncalico-01                 running (virtualbox)
+"""
+
+
+@pytest.fixture
+def vagrant_env(tmp_path):
+    """Render the default (vagrant) cluster into tmp_path; PATH with a stand-in VBoxManage."""
+    config = make_config(tmp_path)
+    render.render_all(config)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "VBoxManage").write_text("#!/bin/sh\necho 7.0.14r161095\n")
+    (bin_dir / "VBoxManage").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", VAGRANT_HOME=str(tmp_path / "vagrant.d"),
+               VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"))
+    return config, env, bin_dir
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    return {line.split("\t")[0]: line.split("\t")[1:] for line in stdout.splitlines()
+            if line.startswith("calico-") and "\t" in line}
+
+
+def test_up_with_hosts_waits_for_every_node(ssh_nodes, tmp_path):
+    done = run_inv(tmp_path, "up", "--timeout", "20", config=ssh_nodes.config)
+    assert done.returncode == 0, done.stderr
+    assert "3 node(s) answer over SSH: calico-01, calico-02, calico-03" in done.stdout
+
+
+def test_up_times_out_naming_the_node_that_does_not_answer(ssh_nodes, tmp_path):
+    ssh_nodes.stop("calico-03")
+    done = run_inv(tmp_path, "up", "--timeout", "2", config=ssh_nodes.config)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "waiting 2 s for SSH failed on 1 node(s):",
+        f"  calico-03 (127.0.0.3:{ssh_nodes.port}): connection refused (is sshd running?)"]
+
+
+def test_up_with_vagrant_starts_the_vms_then_waits_for_ssh(ssh_nodes, vagrant_env, tmp_path):
+    config, env, bin_dir = vagrant_env
+    calls = stand_in_vagrant(bin_dir, ssh_nodes)
+    done = run_inv(tmp_path, "up", config=config, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "vagrant up: stand-in output" in done.stdout  # Vagrant's output streams through
+    log = calls.read_text().splitlines()
+    assert [line for line in log if not line.startswith("CLUSTER_DESCRIPTION=")] == [
+        "up", "ssh-config calico-01 calico-02 calico-03"]
+    assert f"CLUSTER_DESCRIPTION={tmp_path / 'out' / 'cluster.json'}" in log
+
+
+def test_up_reports_a_failed_vagrant_up(ssh_nodes, vagrant_env, tmp_path):
+    config, env, bin_dir = vagrant_env
+    stand_in_vagrant(bin_dir, ssh_nodes, exit_code=1)
+    done = run_inv(tmp_path, "up", config=config, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "`vagrant up` failed (its output is above)"
+
+
+def test_up_without_vagrant_says_what_to_install(vagrant_env, tmp_path):
+    config, env, bin_dir = vagrant_env
+    env["PATH"] = str(bin_dir)  # VBoxManage only
+    done = run_inv(tmp_path, "up", config=config, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip() == nodes.VAGRANT_INSTALL
+
+
+def test_up_without_virtualbox_says_what_to_install(vagrant_env, tmp_path):
+    config, env, bin_dir = vagrant_env
+    (bin_dir / "VBoxManage").unlink()
+    done = run_inv(tmp_path, "up", config=config, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip() == vm.VIRTUALBOX_INSTALL
+
+
+def test_up_without_render_says_run_render(tmp_path):
+    done = run_inv(tmp_path, "up", config=make_config(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"{tmp_path / 'out' / 'cluster.json'} is missing: run `inv render` first"
+
+
+def test_status_with_hosts_shows_each_node(ssh_nodes, tmp_path):
+    ssh_nodes.stop("calico-02")
+    done = run_inv(tmp_path, "status", config=ssh_nodes.config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == "node\tvm\tssh\trole\taddress"
+    assert table_rows(done.stdout) == {
+        "calico-01": ["-", "yes", "master", "127.0.0.1"],
+        "calico-02": ["-", "no: connection refused (is sshd running?)", "node", "127.0.0.2"],
+        "calico-03": ["-", "yes", "node", "127.0.0.3"],
+    }
+
+
+def test_status_with_vagrant_shows_machines_not_created(vagrant_env, tmp_path):
+    """Real Vagrant reading the project's Vagrantfile; only VBoxManage is a stand-in."""
+    config, env, _ = vagrant_env
+    done = run_inv(tmp_path, "status", config=config, env=env)
+    assert done.returncode == 0, done.stderr
+    assert table_rows(done.stdout) == {
+        "calico-01": ["not_created", "no: VM not running", "master", "172.18.18.101"],
+        "calico-02": ["not_created", "no: VM not running", "node", "172.18.18.102"],
+        "calico-03": ["not_created", "no: VM not running", "node", "172.18.18.103"],
+    }
+
+
+def test_parse_status_reads_each_machine_state():
+    assert vm.parse_status(MACHINE_READABLE) == {
+        "calico-01": "running", "calico-02": "poweroff", "calico-03": "not_created"}
+
+
+def test_ssh_runs_a_command_on_the_node_and_passes_its_exit_status(ssh_nodes, tmp_path):
+    done = run_inv(tmp_path, "ssh", "calico-02", "--command", "hostname; id -un", config=ssh_nodes.config)
+    assert (done.returncode, done.stdout) == (0, "calico-02\ncore\n"), done.stderr
+    failed = run_inv(tmp_path, "ssh", "calico-03", "-c", "exit 3", config=ssh_nodes.config)
+    assert failed.returncode == 3
+
+
+def test_ssh_names_an_unknown_node_and_the_known_ones(ssh_nodes, tmp_path):
+    done = run_inv(tmp_path, "ssh", "calico-09", config=ssh_nodes.config)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "unknown node 'calico-09': the nodes are calico-01, calico-02, calico-03"
+
+
+def test_ssh_with_vagrant_hands_over_to_vagrant_ssh(ssh_nodes, vagrant_env, tmp_path):
+    config, env, bin_dir = vagrant_env
+    calls = stand_in_vagrant(bin_dir, ssh_nodes)
+    done = run_inv(tmp_path, "ssh", "calico-01", "-c", "uptime", config=config, env=env)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines()[0] == "ssh calico-01 -c uptime"
+
+
+def test_destroy_refuses_hosts(ssh_nodes, tmp_path):
+    done = run_inv(tmp_path, "destroy", "--yes", config=ssh_nodes.config)
+    assert done.returncode == 1
+    assert "with cluster.provider hosts the machines are not ours to delete" in done.stderr
+    assert all(ssh_nodes.procs[n].poll() is None for n in ssh_nodes.names)
+
+
+def answering(tmp_path, answer: str, config: dict, env: dict) -> subprocess.CompletedProcess:
+    """`inv destroy` (as run_inv runs it) with `answer` on its stdin."""
+    overrides = tmp_path / "test-config.yaml"
+    overrides.write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "invoke", "-f", str(overrides), "destroy"], cwd=ROOT,
+                          input=answer, capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("answer", ["", "n\n", "whatever\n"])
+def test_destroy_asks_and_does_nothing_unless_told_yes(ssh_nodes, vagrant_env, tmp_path, answer):
+    config, env, bin_dir = vagrant_env
+    calls = stand_in_vagrant(bin_dir, ssh_nodes)
+    done = answering(tmp_path, answer, config, env)
+    assert done.returncode == 1
+    assert "Delete the VMs calico-01, calico-02, calico-03 and everything on them? [y/N]" in done.stdout
+    assert done.stderr.strip() == "not deleted: answer y, or pass --yes"
+    assert not calls.exists()
+
+
+def test_destroy_goes_ahead_when_the_answer_is_yes(ssh_nodes, vagrant_env, tmp_path):
+    config, env, bin_dir = vagrant_env
+    calls = stand_in_vagrant(bin_dir, ssh_nodes)
+    done = answering(tmp_path, "y\n", config, env)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines()[0] == "destroy -f"
+
+
+def test_destroy_with_yes_runs_vagrant_destroy(vagrant_env, tmp_path):
+    """Real Vagrant on machines not created: it says so and succeeds."""
+    config, env, _ = vagrant_env
+    done = run_inv(tmp_path, "destroy", "--yes", config=config, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "calico-01: VM not created. Moving on..." in done.stdout
