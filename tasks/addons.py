@@ -99,6 +99,25 @@ def create_all(conn, kubectl: str, files: list[str]) -> tuple[list[tuple], list[
     return rows, errors
 
 
+def create_until(conn, kubectl: str, files: list[str], deadline: float,
+                 interval: float) -> tuple[list[tuple], list[str]]:
+    """`create_all` again until no object fails or the deadline.
+
+    Right after `inv up` the API server is still starting (connection refused)
+    and service-account tokens do not exist yet; both pass within minutes.
+    """
+    done: dict[tuple, str] = {}
+    while True:
+        rows, errors = create_all(conn, kubectl, files)
+        for manifest, what, result in rows:
+            if result != "FAILED":
+                done.setdefault((manifest, what), result)  # "created" on an earlier try stays created
+        if not errors or time.monotonic() + interval > deadline:
+            failed = [row for row in rows if row[2] == "FAILED"]
+            return [(manifest, what, result) for (manifest, what), result in done.items()] + failed, errors
+        time.sleep(interval)
+
+
 def wait_pods(conn, cluster: Cluster, kubectl: str, expected: list[Workload], timeout: float,
               interval: float) -> list[Result]:
     """Poll the pods of `expected` until all run with every container ready, or `timeout`."""
@@ -119,13 +138,15 @@ def wait_pods(conn, cluster: Cluster, kubectl: str, expected: list[Workload], ti
     return verify.poll(verify.guarded("pods", cluster.master.name, probe), deadline, interval)
 
 
-@task(help={"timeout": "Seconds to wait for the addon pods to run (default addons.timeout)."})
+@task(help={"timeout": "Seconds to wait for the API server to accept the objects and for the addon pods "
+                       "to run (default addons.timeout)."})
 def addons(c, timeout=None):
     """Create the cluster addons on the master and wait until their pods run.
 
     `kubectl create -f` of the manifests in addons.manifests (kube-system
     namespace and DNS, kube-ui, busybox) from the master's home folder, where
-    `inv copy` put them. Objects that already exist are fine.
+    `inv copy` put them. Objects that already exist are fine; an API server
+    that is still starting is asked again until the timeout.
     """
     from tasks import nodes, ui, verify
 
@@ -137,13 +158,15 @@ def addons(c, timeout=None):
     kubectl = shlex.quote(verify.binary(c.config, "kubectl"))
     master = cluster.master.name
     conns = nodes.connections(c, cluster, names=[master])
+    deadline = time.monotonic() + wait
     try:
-        rows, errors = nodes.on_nodes(conns, lambda name, conn: create_all(conn, kubectl, files),
-                                      what="addons")[master]
+        rows, errors = nodes.on_nodes(
+            conns, lambda name, conn: create_until(conn, kubectl, files, deadline, interval), what="addons")[master]
         ui.table(f"kubectl create on {master}", ("manifest", "object", "result"), rows)
         if errors:
             raise Exit(f"addons: kubectl create failed on {master}: " + "; ".join(errors), code=1)
-        results = wait_pods(conns[master], cluster, kubectl, expected, wait, interval)
+        results = wait_pods(conns[master], cluster, kubectl, expected, max(0.0, deadline - time.monotonic()),
+                            interval)
     finally:
         nodes.close_all(conns)
     ui.table("Addon pods", ("namespace", "node", "result", "pod"),

@@ -110,7 +110,7 @@ def artifacts(config) -> list[Artifact]:
     settings.check_keys(config)
     dl = config["download"]
     for key in ("parallel", "timeout", "retries"):
-        settings._positive(f"download.{key}", dl[key])
+        settings.positive(f"download.{key}", dl[key])
     if not dl["lock_file"]:
         raise ConfigError("download.lock_file", dl["lock_file"], "a file path like downloads.lock")
     mirrors = check_mirrors(dl["mirrors"])

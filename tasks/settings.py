@@ -172,7 +172,7 @@ def _net(name: str, value: str) -> ipaddress.IPv4Network:
         raise ConfigError(name, value, "an IPv4 network in CIDR form like 10.100.0.0/16") from None
 
 
-def _positive(name: str, value: int) -> int:
+def positive(name: str, value: int) -> int:
     if value < 1:
         raise ConfigError(name, value, "a whole number of at least 1")
     return value
@@ -185,7 +185,7 @@ def _hostname(name: str, value: str) -> str:
 
 
 def _vagrant_nodes(cl: dict, network: ipaddress.IPv4Network) -> list[Node]:
-    count = _positive("cluster.num_instances", cl["num_instances"])
+    count = positive("cluster.num_instances", cl["num_instances"])
     prefix = cl["instance_name_prefix"]
     first = _ipv4("cluster.first_ip", cl["first_ip"])
     usable = set(network.hosts())
@@ -257,8 +257,8 @@ def build(config) -> Cluster:
     for other, key in ((services, "kubernetes.service_range"), (network, "cluster.network")):
         if pool.overlaps(other):
             raise ConfigError("calico.pool", str(pool), f"a network that does not overlap {key} {other}")
-    _positive("vm.memory", vm["memory"])
-    _positive("vm.cpus", vm["cpus"])
+    positive("vm.memory", vm["memory"])
+    positive("vm.cpus", vm["cpus"])
     zones = zoneinfo.available_timezones()
     if zones and vm["timezone"] not in zones:
         raise ConfigError("vm.timezone", vm["timezone"], "a time zone name like Asia/Shanghai")

@@ -47,15 +47,22 @@ def _rendered(config) -> None:
 
 
 @task(help={"timeout": "Seconds to wait, after the VMs are started, until every node answers over SSH "
-                       "(default 300)."})
-def up(c, timeout=300):
-    """Start the VMs (`vagrant up`), then wait until every node answers over SSH.
+                       "(default 300).",
+            "copy": "Then copy binaries, certificates and cloud-configs to the nodes, as `inv copy` "
+                    "(default; --no-copy to only start the machines)."})
+def up(c, timeout=300, copy=True):
+    """Start the VMs (`vagrant up`), wait until every node answers over SSH, then `inv copy`.
 
-    With cluster.provider hosts there is nothing to start: only the wait.
+    With cluster.provider hosts there is nothing to start: only the wait and the copy.
     """
+    from tasks import copy as copy_step
+
     cluster = settings.cluster_from(c)
     if cluster.provider == "vagrant":
         _rendered(c.config)
+    if copy:
+        copy_step.plan(c.config, cluster)  # a missing render or download stops us before a long boot
+    if cluster.provider == "vagrant":
         if not shutil.which("vagrant"):
             raise Exit(nodes.VAGRANT_INSTALL, code=1)
         if not shutil.which("VBoxManage"):
@@ -71,6 +78,8 @@ def up(c, timeout=300):
     from tasks import ui
 
     ui.say(f"{len(conns)} node(s) answer over SSH: {', '.join(conns)}")
+    if copy:
+        copy_step.copy(c)
 
 
 def _vm_states(c, cluster: Cluster) -> dict[str, str]:

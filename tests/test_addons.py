@@ -93,6 +93,18 @@ def test_an_api_server_that_refuses_fails_with_kubectls_message(ssh_cluster, ins
     assert not ssh_cluster.path("calico-01", "/var/lib/standin/kubectl.json").exists()
 
 
+def test_addons_waits_for_an_api_server_that_is_starting(ssh_cluster, installed, scenario, tmp_path):
+    """Right after `inv up` the API server refuses connections for a while: addons asks again."""
+    scenario.kubernetes["apiserver_up_after"] = 2
+    scenario.write()
+    done = run_inv(tmp_path, "addons", "--timeout", "20", config=installed)
+    assert done.returncode == 0, done.stdout + done.stderr
+    created = sorted(row[1] for row in table(done.stdout) if row[2] == "created")
+    assert created == ["namespace kube-system", "pod busybox", "replicationcontroller kube-dns-v9",
+                       "replicationcontroller kube-ui-v5", "service kube-dns", "service kube-ui"]
+    assert "FAILED" not in done.stdout
+
+
 def test_missing_manifests_say_run_copy(ssh_cluster, installed, scenario, tmp_path):
     home = ssh_cluster.path("calico-01", "/home/core/kube-ui-svc.yaml")
     saved = home.read_bytes()

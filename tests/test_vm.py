@@ -52,14 +52,35 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
 
 
 def test_up_with_hosts_waits_for_every_node(ssh_nodes, tmp_path):
-    done = run_inv(tmp_path, "up", "--timeout", "20", config=ssh_nodes.config)
+    done = run_inv(tmp_path, "up", "--timeout", "20", "--no-copy", config=ssh_nodes.config)
     assert done.returncode == 0, done.stderr
     assert "3 node(s) answer over SSH: calico-01, calico-02, calico-03" in done.stdout
 
 
+def test_up_copies_to_every_node_by_default(ssh_nodes, tmp_path):
+    """`inv download render up` leaves each node with its files and its cloud-config, as the seed's provisioners did."""
+    from standin_cluster import prepare
+
+    prepare(ssh_nodes.config)
+    done = run_inv(tmp_path, "up", "--timeout", "20", config=ssh_nodes.config)
+    assert done.returncode == 0, done.stderr
+    for name in ("calico-01", "calico-02", "calico-03"):
+        assert ssh_nodes.path(name, "/opt/bin/kubelet").is_file()
+        user_data = ssh_nodes.path(name, "/var/lib/coreos-vagrant/vagrantfile-user-data").read_text()
+        assert f"hostname: {name}" in user_data
+
+
+def test_up_checks_render_and_download_before_starting_anything(ssh_nodes, tmp_path):
+    render.render_all(ssh_nodes.config)
+    done = run_inv(tmp_path, "up", "--timeout", "20", config=ssh_nodes.config)
+    assert done.returncode == 1
+    assert "is missing: run `inv download` first" in done.stderr
+    assert "answer over SSH" not in done.stdout
+
+
 def test_up_times_out_naming_the_node_that_does_not_answer(ssh_nodes, tmp_path):
     ssh_nodes.stop("calico-03")
-    done = run_inv(tmp_path, "up", "--timeout", "2", config=ssh_nodes.config)
+    done = run_inv(tmp_path, "up", "--timeout", "2", "--no-copy", config=ssh_nodes.config)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "waiting 2 s for SSH failed on 1 node(s):",
@@ -69,7 +90,7 @@ def test_up_times_out_naming_the_node_that_does_not_answer(ssh_nodes, tmp_path):
 def test_up_with_vagrant_starts_the_vms_then_waits_for_ssh(ssh_nodes, vagrant_env, tmp_path):
     config, env, bin_dir = vagrant_env
     calls = stand_in_vagrant(bin_dir, ssh_nodes)
-    done = run_inv(tmp_path, "up", config=config, env=env)
+    done = run_inv(tmp_path, "up", "--no-copy", config=config, env=env)
     assert done.returncode == 0, done.stderr
     assert "vagrant up: stand-in output" in done.stdout  # Vagrant's output streams through
     log = calls.read_text().splitlines()
@@ -81,7 +102,7 @@ def test_up_with_vagrant_starts_the_vms_then_waits_for_ssh(ssh_nodes, vagrant_en
 def test_up_reports_a_failed_vagrant_up(ssh_nodes, vagrant_env, tmp_path):
     config, env, bin_dir = vagrant_env
     stand_in_vagrant(bin_dir, ssh_nodes, exit_code=1)
-    done = run_inv(tmp_path, "up", config=config, env=env)
+    done = run_inv(tmp_path, "up", "--no-copy", config=config, env=env)
     assert done.returncode == 1
     assert done.stderr.strip() == "`vagrant up` failed (its output is above)"
 
@@ -89,7 +110,7 @@ def test_up_reports_a_failed_vagrant_up(ssh_nodes, vagrant_env, tmp_path):
 def test_up_without_vagrant_says_what_to_install(vagrant_env, tmp_path):
     config, env, bin_dir = vagrant_env
     env["PATH"] = str(bin_dir)  # VBoxManage only
-    done = run_inv(tmp_path, "up", config=config, env=env)
+    done = run_inv(tmp_path, "up", "--no-copy", config=config, env=env)
     assert done.returncode == 1
     assert done.stderr.strip() == nodes.VAGRANT_INSTALL
 
@@ -97,7 +118,7 @@ def test_up_without_vagrant_says_what_to_install(vagrant_env, tmp_path):
 def test_up_without_virtualbox_says_what_to_install(vagrant_env, tmp_path):
     config, env, bin_dir = vagrant_env
     (bin_dir / "VBoxManage").unlink()
-    done = run_inv(tmp_path, "up", config=config, env=env)
+    done = run_inv(tmp_path, "up", "--no-copy", config=config, env=env)
     assert done.returncode == 1
     assert done.stderr.strip() == vm.VIRTUALBOX_INSTALL
 
