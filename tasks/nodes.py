@@ -47,6 +47,10 @@ def _fabric_config(c):
     cfg.run.in_stream = False
     cfg.sudo.in_stream = False
     cfg.timeouts.connect = c.config.cluster.ssh_timeout
+    if c.config.cluster.provider == "hosts":
+        # Existing machines: honour ~/.ssh/config (ProxyJump to a bastion, IdentityFile, ...) as ssh would.
+        # Vagrant's details are complete already and must not be bent by a `Host *` rule.
+        cfg.load_ssh_config()
     return cfg
 
 

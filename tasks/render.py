@@ -122,4 +122,19 @@ def render(c, quiet=False):
            else "Nothing changed: every file was already up to date.")
 
 
-TASKS = (render,)
+@task(name="config")
+def show_config(c):
+    """Check the configuration and print its effective values (after -f files, env vars)."""
+    import yaml
+
+    def plain(value):  # Invoke's config proxies -> dicts and lists YAML can write
+        if hasattr(value, "items"):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, list) else value
+
+    settings.cluster_from(c)
+    effective = {section: plain(c.config[section]) for section in settings.SCHEMA}
+    print(yaml.safe_dump(effective, sort_keys=False, width=120), end="")
+
+
+TASKS = (render, show_config)

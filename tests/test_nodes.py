@@ -71,6 +71,23 @@ def test_hosts_provider_reaches_each_node_with_its_own_key(ssh_nodes):
         nodes.close_all(conns)
 
 
+def test_hosts_provider_honours_the_users_ssh_config(ssh_nodes, tmp_path, monkeypatch):
+    """Entries without key_file: each node's key comes from ~/.ssh/config, as with plain ssh."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("".join(
+        f"Host {ssh_nodes.addresses[n]}\n  IdentityFile {ssh_nodes.key_file(n)}\n" for n in ssh_nodes.names))
+    monkeypatch.setenv("HOME", str(home))
+    config = ssh_nodes.config
+    config["cluster"]["hosts"] = [{k: v for k, v in h.items() if k != "key_file"} for h in config["cluster"]["hosts"]]
+    c = context(config)
+    conns = nodes.connections(c, settings.build(c.config))
+    try:
+        assert nodes.on_nodes(conns, hostname) == {n: n for n in conns}
+    finally:
+        nodes.close_all(conns)
+
+
 def test_on_nodes_names_the_failed_node_after_the_others_complete(ssh_nodes):
     ssh_nodes.stop("calico-02")
     c = context(ssh_nodes.config)

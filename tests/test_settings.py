@@ -97,3 +97,15 @@ def test_hosts_provider_uses_entries(tmp_path):
 
 def test_invoke_yaml_is_the_project_config():
     assert yaml.safe_load((ROOT / "invoke.yaml").read_text()) == DEFAULTS
+
+
+def test_inv_config_prints_the_effective_values(tmp_path):
+    config = make_config(tmp_path, cluster={"num_instances": 5}, vm={"memory": 1024})
+    done = run_inv(tmp_path, "config", config=config)
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert shown["cluster"]["num_instances"] == 5 and shown["vm"]["memory"] == 1024
+    assert shown["download"]["artifacts"] == DEFAULTS["download"]["artifacts"]
+    config["cluster"]["first_ip"] = "nope"
+    bad = run_inv(tmp_path, "config", config=config)
+    assert bad.returncode == 2 and "cluster.first_ip = 'nope'" in bad.stderr and bad.stdout == ""
