@@ -28,29 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from sshnodes import SSHNodes  # noqa: E402
 
-# Approximate sizes (bytes) of the seed's artifacts; about 210 MB together.
-SIZES = {
-    "kubectl": 20_300_000, "kubelet": 40_500_000, "kube-proxy": 19_000_000,
-    "kube-apiserver": 41_600_000, "kube-controller-manager": 34_000_000, "kube-scheduler": 20_200_000,
-    "calicoctl": 21_800_000, "calico": 6_400_000, "calico-ipam": 6_000_000,
-    "setup-network-environment": 3_183_760,
-}
-
-
-def make_downloads(folder: Path, names: list[str]) -> int:
-    folder.mkdir(parents=True)
-    total = 0
-    for name in names:
-        size = SIZES.get(name, 10_000_000)
-        with open(folder / name, "wb") as out:
-            left = size
-            while left:
-                chunk = min(left, 1 << 22)
-                out.write(os.urandom(chunk))
-                left -= chunk
-        total += size
-    return total
-
+from benchmarks.artifact_sizes import generate  # noqa: E402
 
 def busy_seconds() -> float:
     """CPU time used by the whole machine so far (client, sshd, sftp-server, install, ...)."""
@@ -83,7 +61,8 @@ def main() -> None:
     try:
         with SSHNodes(base / "nodes", count=6) as nodes:
             config = nodes.make_config(base)
-            total = make_downloads(base / "downloads", [a["name"] for a in config["download"]["artifacts"]])
+            downloads = generate(base / "downloads", [a["name"] for a in config["download"]["artifacts"]])
+            total = sum(f.stat().st_size for f in downloads.values())
             print(f"{total / 1e6:.0f} MB of binaries, {os.cpu_count()} CPUs")
             files = {}
             for count in (1, 3, 6):

@@ -1,6 +1,6 @@
 """Benchmark `inv download` against the seed's sequential wget, in the same run.
 
-Generates files of the seed's artifacts at their (assumed, see SIZES) real
+Generates files of the seed's artifacts at their (assumed, see benchmarks/artifact_sizes.py) real
 sizes, about 210 MB, in a temporary folder, and serves them from a local
 server (tests/test_download.py's FileServer) that gives each connection a
 fixed bandwidth and a first-byte latency, like a distant release server. The
@@ -36,41 +36,8 @@ import yaml  # noqa: E402
 from conftest import make_config  # noqa: E402
 from test_download import FileServer, url_path  # noqa: E402
 
+from benchmarks.artifact_sizes import SIZES, generate  # noqa: E402
 from tasks import download  # noqa: E402
-
-# Sizes assumed for the seed's linux/amd64 files (bytes). Only setup-network-environment's is known
-# exactly (DESIGN.md); the others are estimates of the v1.1.7 / v0.15.0 / v1.0.0 release files.
-SIZES = {
-    "kubectl": 20_000_000,
-    "kubelet": 39_000_000,
-    "kube-proxy": 18_000_000,
-    "kube-apiserver": 41_000_000,
-    "kube-controller-manager": 34_000_000,
-    "kube-scheduler": 20_000_000,
-    "calicoctl": 20_500_000,
-    "calico": 7_000_000,
-    "calico-ipam": 6_900_000,
-    "setup-network-environment": 3_183_760,
-}
-
-
-def generate(folder: Path, scale: float) -> dict[str, Path]:
-    """Random files of the assumed sizes (times scale)."""
-    import os
-
-    files = {}
-    folder.mkdir()
-    for name, size in SIZES.items():
-        path = folder / name
-        with open(path, "wb") as out:
-            left = int(size * scale)
-            while left:
-                n = min(left, 8 << 20)
-                out.write(os.urandom(n))
-                left -= n
-        files[name] = path
-    return files
-
 
 def digest(path: Path, algo: str) -> str:
     h = hashlib.new(algo)
@@ -120,7 +87,7 @@ def main() -> None:
 
 
 def run(work: Path, args) -> None:
-    files = generate(work / "served", args.scale)
+    files = generate(work / "served", scale=args.scale)
     total = sum(p.stat().st_size for p in files.values())
     with FileServer(rate=args.rate * 1e6, latency=args.latency) as server:
         mirrors = {"https://storage.googleapis.com/": server.base + "/", "https://github.com/": server.base + "/"}
