@@ -258,7 +258,10 @@ def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False) -> 
             if not item.is_dir:
                 upload(sftp, item.source, f"{tmp}/{index}")
     except BaseException:
-        conn.run(f"rm -rf {shlex.quote(tmp)}", hide=True, warn=True)
+        try:
+            conn.run(f"rm -rf {shlex.quote(tmp)}", hide=True, warn=True)
+        except Exception:  # the connection itself broke: report the upload's error, not this one's
+            pass
         raise
     result = conn.run(_sudo(install_script(todo, tmp, user, activate, record)), hide=True, warn=True)
     done = {line[5:] for line in result.stdout.splitlines() if line.startswith("done|")}

@@ -150,8 +150,7 @@ def select(every: list[Artifact], only) -> list[Artifact]:
 
 def lock_path(config) -> Path:
     """download.lock_file; relative to the project folder, like paths.*."""
-    p = Path(config["download"]["lock_file"]).expanduser()
-    return p if p.is_absolute() else settings.ROOT / p
+    return settings.resolve(config["download"]["lock_file"])
 
 
 def parse_lock(text: str, where: str) -> dict[str, Locked]:
@@ -242,7 +241,7 @@ def local_sha256(art: Artifact, cache: dict) -> str | None:
         if stat.S_IMODE(st.st_mode) != art.mode:
             os.chmod(art.path, art.mode)
             st = art.path.stat()
-    except FileNotFoundError:
+    except OSError:  # missing, unreadable, or not ours to chmod: fetch it again
         return None
     stamp = _stamp(st)
     known = cache.get(art.name)
@@ -405,10 +404,10 @@ class Fetcher:
         return session
 
     def request(self, url: str, method: str = "GET", headers: dict | None = None):
-        """A streamed response, redirects followed; HTTP 5xx raises Transient."""
+        """A streamed response, redirects followed; HTTP 5xx (but 501) raises Transient."""
         response = self.session().request(method, url, headers=headers, stream=True, allow_redirects=True,
                                           timeout=(self.timeout, self.timeout))
-        if response.status_code >= 500:
+        if response.status_code >= 500 and response.status_code != 501:  # 501: method not implemented, for good
             response.close()
             raise Transient(f"HTTP {response.status_code} {response.reason}")
         return response
@@ -587,7 +586,8 @@ def fetch_all(config, *, only=(), update_lock: bool = False, parallel: int = 0,
     lockfile = lock_path(config)
     lock = read_lock(lockfile)
     folder = settings.path(config, "downloads")
-    cache = read_cache(folder)
+    recorded = read_cache(folder)
+    cache = dict(recorded)
     outcome = Outcome(lock=lockfile)
     digests, jobs = {}, []
     for art in chosen:
@@ -597,28 +597,31 @@ def fetch_all(config, *, only=(), update_lock: bool = False, parallel: int = 0,
             digests[art.name] = want
         else:
             jobs.append((art, want, label))
-    if jobs:  # only now: a complete folder never opens a connection
-        folder.mkdir(parents=True, exist_ok=True)
-        dl = config["download"]
-        report = progress()
-        with report, Fetcher(dl["timeout"], dl["retries"], parallel or dl["parallel"], report,
-                             backoff) as fetcher:
-            for (art, _, _), result in fetcher.run(fetcher.fetch, jobs):
-                if isinstance(result, Failed):
-                    outcome.failed.append((art, str(result)))
-                    report.failed(art, str(result))
-                    continue
-                sha256, size, seconds, stamp = result
-                digests[art.name] = sha256
-                cache[art.name] = [*stamp, sha256]
-                outcome.downloaded.append((art, size, seconds))
-                report.finished(art, size, seconds)
-    new = relocked(lock, every, digests)
-    if new != lock and (new or lockfile.exists()):
-        outcome.lock_changed = write_atomic(lockfile, format_lock(new).encode())
-    kept = {a.name: cache[a.name] for a in every if a.name in cache}
-    if kept != read_cache(folder) and folder.is_dir():
-        write_atomic(folder / CACHE, json.dumps(kept, indent=1).encode())
+    try:
+        if jobs:  # only now: a complete folder never opens a connection
+            folder.mkdir(parents=True, exist_ok=True)
+            dl = config["download"]
+            report = progress()
+            with report, Fetcher(dl["timeout"], dl["retries"], parallel or dl["parallel"], report,
+                                 backoff) as fetcher:
+                for (art, _, _), result in fetcher.run(fetcher.fetch, jobs):
+                    if isinstance(result, Failed):
+                        outcome.failed.append((art, str(result)))
+                        report.failed(art, str(result))
+                        continue
+                    sha256, size, seconds, stamp = result
+                    digests[art.name] = sha256
+                    cache[art.name] = [*stamp, sha256]
+                    outcome.downloaded.append((art, size, seconds))
+                    report.finished(art, size, seconds)
+    finally:
+        # Also after Ctrl-C: what was verified and put in place is recorded, not fetched again.
+        new = relocked(lock, every, digests)
+        if new != lock and (new or lockfile.exists()):
+            outcome.lock_changed = write_atomic(lockfile, format_lock(new).encode())
+        kept = {a.name: cache[a.name] for a in every if a.name in cache}
+        if kept != recorded and folder.is_dir():
+            write_atomic(folder / CACHE, json.dumps(kept, indent=1).encode())
     return outcome
 
 
@@ -655,6 +658,8 @@ def download(c, check=False, update_lock=False, parallel=0, only=None):
                             progress=lambda: Bars() if ui.console().is_terminal else Lines())
     except ConfigError as err:
         raise Exit(str(err), code=2) from None
+    except OSError as err:
+        raise Exit(f"download: {err.filename or ''}: {err.strerror or err}", code=1) from None
     folder = settings.path(c.config, "downloads")
     lock_note = f"{outcome.lock.name} updated" if outcome.lock_changed else f"{outcome.lock.name} unchanged"
     ui.say(f"{len(outcome.downloaded)} downloaded, {len(outcome.present)} already present and verified "

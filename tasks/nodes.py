@@ -11,6 +11,7 @@ machine's key never leaks to the next (DESIGN.md §3).
 """
 from __future__ import annotations
 
+import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,13 +77,9 @@ def _connection(c, host: str, port: int, user: str, key_files: list[str]):
     if key_files:
         # Only the given key: an agent's or ~/.ssh's keys, tried first, may exhaust the server's MaxAuthTries.
         kwargs.update(key_filename=key_files, look_for_keys=False, allow_agent=False)
-    conn = fabric.Connection(host, user=user, port=port, config=_fabric_config(c), connect_kwargs=kwargs)
-    # Throwaway VMs and test nodes: host keys change with every `vagrant up`;
-    # accept them, and never write known_hosts (Fabric only keeps them in memory).
-    import paramiko
-
-    conn.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    return conn
+    # Throwaway VMs and test nodes: host keys change with every `vagrant up`. Fabric's client
+    # accepts them (AutoAddPolicy) and keeps them in memory only, never writing known_hosts.
+    return fabric.Connection(host, user=user, port=port, config=_fabric_config(c), connect_kwargs=kwargs)
 
 
 def parse_ssh_config(text: str, names) -> dict[str, dict]:
@@ -127,7 +124,7 @@ def details(c, cluster: Cluster, names=None) -> dict[str, dict]:
     chosen = [n for n in cluster.nodes if names is None or n.name in names]
     if cluster.provider == "hosts":
         return {n.name: {"host": n.address or n.ip, "port": n.port, "user": n.user,
-                         "key_files": [n.key_file] if n.key_file else []} for n in chosen}
+                         "key_files": [os.path.expanduser(n.key_file)] if n.key_file else []} for n in chosen}
     names = [n.name for n in chosen]
     if not names:
         return {}
@@ -157,7 +154,9 @@ def describe(error: BaseException) -> str:
     if isinstance(error, UnexpectedExit):
         r = error.result
         last = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:] or ["no output"]
-        return f"`{r.command}` exited {r.exited}: {last[0]}"
+        command = " ".join(r.command.split())
+        command = command if len(command) <= 60 else command[:57] + "..."
+        return f"`{command}` exited {r.exited}: {last[0]}"
     if isinstance(error, (ConnectionRefusedError, NoValidConnectionsError)):
         return "connection refused (is sshd running?)"
     if isinstance(error, (socket.timeout, TimeoutError)):
@@ -204,6 +203,17 @@ def on_nodes(conns: dict, fn: Callable[[str, object], T], what: str = "") -> dic
     return results
 
 
+def booting(error: BaseException) -> bool:
+    """Whether `error` is what SSH gives while a machine is still starting."""
+    import paramiko
+    from paramiko.ssh_exception import NoValidConnectionsError
+
+    if isinstance(error, paramiko.AuthenticationException):
+        return False
+    return isinstance(error, (ConnectionError, NoValidConnectionsError, socket.timeout, TimeoutError,
+                              EOFError, paramiko.SSHException))
+
+
 def wait_ready(conns: dict, timeout: float) -> None:
     """Wait until every node runs a command over SSH; Exit naming those that did not in `timeout` seconds."""
     import time
@@ -215,9 +225,10 @@ def wait_ready(conns: dict, timeout: float) -> None:
             try:
                 conn.run("true", hide=True)
                 return
-            except Exception:
+            except Exception as err:
                 conn.close()
-                if time.monotonic() + 1 > deadline:
+                # A booting machine refuses, resets or times out; a wrong key or user never heals.
+                if not booting(err) or time.monotonic() + 1 > deadline:
                     raise
                 time.sleep(1)
 

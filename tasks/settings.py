@@ -283,7 +283,12 @@ def build(config) -> Cluster:
 
 def path(config, key: str) -> Path:
     """A `paths.*` value as an absolute path; relative ones start at the project folder."""
-    p = Path(config["paths"][key]).expanduser()
+    return resolve(config["paths"][key])
+
+
+def resolve(value: str) -> Path:
+    """A configured path as an absolute one; relative ones start at the project folder."""
+    p = Path(value).expanduser()
     return p if p.is_absolute() else ROOT / p
 
 

@@ -674,3 +674,48 @@ def test_inv_download_rejects_bad_configuration_and_unknown_names(tmp_path):
     result = run_inv(tmp_path, "download", "--parallel", "-2", config=make_config(tmp_path))
     assert result.returncode == 2 and "--parallel = -2: expected a whole number of at least 1" in result.stderr
     assert not (tmp_path / "downloads").exists()
+
+
+def test_check_falls_back_to_get_on_501_without_retrying_head(tmp_path, server):
+    """501 Not Implemented is an answer for good, not a 5xx worth retrying."""
+    config = mirrored(tmp_path, server, artifacts=DEFAULTS["download"]["artifacts"][:1])
+    publish(server, config, size=5000)
+    server.hook(K8S + "kubectl", ("status", 501))
+    [(art, status, size)] = download.check_all(config)
+    assert status == "200 OK" and size > 5000
+    assert [m for m, _, _ in server.log] == ["HEAD", "GET"]
+
+
+class Interrupt(download.Quiet):
+    """A user pressing Ctrl-C once the first file is in place."""
+
+    def finished(self, art, size, seconds):
+        raise KeyboardInterrupt
+
+
+def test_interrupted_download_records_what_was_verified(tmp_path, server):
+    arts = [dict(a, sha256="") for a in DEFAULTS["download"]["artifacts"][:3]]
+    config = mirrored(tmp_path, server, artifacts=arts)
+    publish(server, config)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(config, parallel=1, progress=Interrupt)
+    lock = download.read_lock(tmp_path / "downloads.lock")
+    assert list(lock) == ["kubectl"]
+    requests = len(server.log)
+    outcome = fetch(config, parallel=1)
+    assert [a.name for a in outcome.present] == ["kubectl"]
+    assert sorted(a.name for a, _, _ in outcome.downloaded) == ["kube-proxy", "kubelet"]
+    assert not [p for _, p, _ in server.log[requests:] if p.endswith("/kubectl")]
+
+
+def test_a_downloads_path_that_cannot_be_a_folder_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    config = make_config(tmp_path)
+    config["paths"]["downloads"] = str(blocker / "downloads")
+    config["download"]["lock_file"] = str(tmp_path / "downloads.lock")
+    done = run_inv(tmp_path, "download", "--only", "kubectl", config=config)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert str(blocker / "downloads") in lines[0] and "Not a directory" in lines[0], done.stderr

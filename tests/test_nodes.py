@@ -7,6 +7,7 @@ all `nodes` takes from Vagrant.
 """
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -233,3 +234,33 @@ def test_missing_vagrant_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(invoke.Exit) as err:
         nodes.connections(c, settings.build(c.config))
     assert err.value.message == nodes.VAGRANT_INSTALL
+
+
+def test_key_file_with_a_tilde_is_the_users_home(ssh_nodes, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    hosts = ssh_nodes.hosts()
+    for host in hosts:
+        shutil.copyfile(host["key_file"], home / f"{host['name']}.key")
+        (home / f"{host['name']}.key").chmod(0o600)
+        host["key_file"] = f"~/{host['name']}.key"
+    monkeypatch.setenv("HOME", str(home))
+    c = context(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts}))
+    conns = nodes.connections(c, settings.build(c.config))
+    try:
+        assert nodes.on_nodes(conns, hostname) == {n: n for n in conns}
+    finally:
+        nodes.close_all(conns)
+
+
+@pytest.mark.timeout(60)  # a regression would wait out the 600 s below
+def test_wait_ready_does_not_wait_out_a_wrong_key(ssh_nodes, tmp_path):
+    hosts = ssh_nodes.hosts()
+    hosts[1]["key_file"] = hosts[0]["key_file"]
+    c = context(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts}))
+    conns = nodes.connections(c, settings.build(c.config))
+    with pytest.raises(invoke.Exit) as err:
+        nodes.wait_ready(conns, timeout=600)
+    nodes.close_all(conns)
+    assert "calico-02" in err.value.message and "authentication failed" in err.value.message
+    assert "calico-01" not in err.value.message
