@@ -75,8 +75,9 @@ def _builder(subject: str, issuer: x509.Name, public_key, now: datetime.datetime
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
 
 
-def make_ca(now: datetime.datetime) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    key = _new_key()
+def make_ca(now: datetime.datetime, key=None) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """A self-signed CA certificate, for a new key or for `key`."""
+    key = key or _new_key()
     cert = (_builder("kubernetes-ca", _name("kubernetes-ca"), key.public_key(), now)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
@@ -104,17 +105,24 @@ def issue(ca_cert, ca_key, cn: str, key, usage, sans=None, now=None) -> x509.Cer
     return builder.sign(ca_key, hashes.SHA256())
 
 
+def _load_key(path: Path):
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as err:
+        return err
+
+
 def _load(folder: Path, cert_name: str, key_name: str):
     """(cert, key) from disk, or None when neither exists."""
     cert_path, key_path = folder / cert_name, folder / key_name
     if not cert_path.exists() and not key_path.exists():
         return None
+    key = _load_key(key_path)
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError) as err:
         return err
-    return cert, key
+    return key if isinstance(key, Exception) else (cert, key)
 
 
 def _still_good(pair, ca_cert, want_sans=None) -> bool:
@@ -147,6 +155,12 @@ def plan(folder: Path, want: Want) -> dict[str, tuple[bytes, int]]:
     now = datetime.datetime.now(datetime.timezone.utc)
     out: dict[str, tuple[bytes, int]] = {}
     ca = _load(folder, CA_CERT, CA_KEY)
+    if isinstance(ca, Exception) and not (folder / CA_CERT).exists():
+        # A first render cut short after the key was written: the certificate follows from the key.
+        key = _load_key(folder / CA_KEY)
+        if isinstance(key, rsa.RSAPrivateKey):
+            ca = make_ca(now, key)
+            out[CA_CERT] = (_cert_pem(ca[0]), 0o644)
     if isinstance(ca, Exception):
         raise PKIError(f"cannot read the CA in {folder} ({CA_CERT}, {CA_KEY}): {ca}; "
                        f"restore both files, or delete the folder to make a new CA")

@@ -89,10 +89,11 @@ def render_all(config) -> tuple[Cluster, list[str], list[str]]:
     want = pki.Want(cluster.master.ip, cluster.api_service_ip, cluster.domain)
     pki_dir = out / PKI_DIR
     pki_files = pki.plan(pki_dir, want)
-    changed = write(out, files)
+    # Certificates first: cloud-configs naming a new master never stand beside old certificates.
     pki_dir.mkdir(parents=True, exist_ok=True)
     pki_dir.chmod(0o700)
     pki.write(pki_dir, pki_files)
+    changed = write(out, files)
     return cluster, changed, [f"{PKI_DIR}/{n}" for n in sorted(pki_files)]
 
 
@@ -112,6 +113,8 @@ def render(c, quiet=False):
         raise Exit(str(err), code=2) from None
     except pki.PKIError as err:
         raise Exit(str(err), code=1) from None
+    except OSError as err:
+        raise Exit(f"render: cannot write {err.filename}: {err.strerror}", code=1) from None
     if quiet:
         return
     out = settings.path(c.config, "output")

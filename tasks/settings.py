@@ -188,12 +188,11 @@ def _vagrant_nodes(cl: dict, network: ipaddress.IPv4Network) -> list[Node]:
     count = positive("cluster.num_instances", cl["num_instances"])
     prefix = cl["instance_name_prefix"]
     first = _ipv4("cluster.first_ip", cl["first_ip"])
-    usable = set(network.hosts())
-    if first not in usable:
+    # Compared as numbers: listing the hosts of a /8 would take seconds and gigabytes.
+    if not network.network_address < first < network.broadcast_address:
         raise ConfigError("cluster.first_ip", cl["first_ip"], f"a host address inside cluster.network {network}")
-    last = first + count - 1 if int(first) + count - 1 <= int(network.broadcast_address) else None
-    if last is None or last not in usable:
-        room = int(network.broadcast_address) - int(first)
+    room = int(network.broadcast_address) - int(first)
+    if count > room:
         raise ConfigError("cluster.num_instances", count,
                           f"at most {room} nodes from {first} inside cluster.network {network}")
     names = [f"{prefix}-{i:02d}" for i in range(1, count + 1)]
@@ -232,6 +231,20 @@ def _host_nodes(cl: dict) -> list[Node]:
     return nodes
 
 
+def _apart(services, pool, network, nodes: list[Node]) -> None:
+    """Services, pods and nodes need address ranges of their own: overlaps break routing."""
+    if pool.overlaps(services):
+        raise ConfigError("calico.pool", str(pool), f"a network that does not overlap kubernetes.service_range {services}")
+    if network is not None:
+        for value, key in ((pool, "calico.pool"), (services, "kubernetes.service_range")):
+            if value.overlaps(network):
+                raise ConfigError(key, str(value), f"a network that does not overlap cluster.network {network}")
+    for node in nodes:
+        for value, key in ((pool, "calico.pool"), (services, "kubernetes.service_range")):
+            if ipaddress.IPv4Address(node.ip) in value:
+                raise ConfigError(key, str(value), f"a network that does not contain node {node.name}'s address {node.ip}")
+
+
 def build(config) -> Cluster:
     """Check every value and return the cluster model; raises ConfigError."""
     check_keys(config)
@@ -254,9 +267,12 @@ def build(config) -> Cluster:
     if not domain or not all(LABEL.match(part) for part in domain.split(".")):
         raise ConfigError("kubernetes.domain", domain, "a DNS domain like cluster.local")
     pool = _net("calico.pool", config["calico"]["pool"])
-    for other, key in ((services, "kubernetes.service_range"), (network, "cluster.network")):
-        if pool.overlaps(other):
-            raise ConfigError("calico.pool", str(pool), f"a network that does not overlap {key} {other}")
+    _apart(services, pool, network if cl["provider"] == "vagrant" else None, nodes)
+    positive("verify.interval", config["verify"]["interval"])
+    for key in ("addons.timeout", "verify.timeout"):
+        section, name = key.split(".")
+        if config[section][name] < 0:
+            raise ConfigError(key, config[section][name], "a number of seconds, 0 or more")
     positive("vm.memory", vm["memory"])
     positive("vm.cpus", vm["cpus"])
     zones = zoneinfo.available_timezones()

@@ -163,3 +163,25 @@ def test_loose_key_permissions_are_tightened(rendered):
     (folder / "server.key").chmod(0o664)
     render.render_all(config)
     assert (folder / "server.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_render_cut_short_after_the_ca_key_is_completed(rendered):
+    """Keys are written first; a crash before ca.crt leaves only the key, and the next render goes on from it."""
+    config, folder = rendered
+    (folder / "ca.crt").unlink()
+    _, _, written = render.render_all(config)
+    assert written == ["pki/ca.crt"]
+    ca = load(folder, "ca.crt")
+    for leaf in ("server.cert", "kubecfg.crt"):
+        load(folder, leaf).verify_directly_issued_by(ca)  # the leaves made before still verify
+
+
+def test_an_output_path_that_cannot_be_a_folder_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    config = make_config(tmp_path)
+    config["paths"]["output"] = str(blocker / "out")
+    result = run_inv(tmp_path, "render", config=config)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("render: cannot write ") and "Not a directory" in lines[0]
