@@ -14,10 +14,14 @@ import time
 from invoke import Exit, task
 
 from tasks import settings
+from tasks.ui import last_line
 from tasks.settings import Cluster
-from tasks.verify import Result, Workload
+from tasks.verify import Result, Workload, remote
 
 EXISTS = re.compile(r'(\w+) "([^"]+)" already exists')
+# What kubectl 1.1 says while the cluster is still starting: worth asking again.
+STARTING = re.compile(r"was refused|No API token found|couldn't read version|timed? ?out|ServiceUnavailable|"
+                      r"not yet ready", re.I)
 
 
 # -- pure --------------------------------------------------------------------------
@@ -75,22 +79,21 @@ def create_outcome(stdout: str, stderr: str, exited: int) -> tuple[list[str], li
         else:
             errors.append(line)
     if exited and not errors and not existing:
-        errors.append(f"kubectl exited {exited}: {(stdout.strip().splitlines() or ['no output'])[-1]}")
+        errors.append(f"kubectl exited {exited}: {last_line(stdout)}")
     return created, existing, errors
 
 
 # -- effects --------------------------------------------------------------------------
 
-def create_all(conn, kubectl: str, files: list[str]) -> tuple[list[tuple], list[str]]:
+def create_all(conn, kubectl: str, files: list[str], deadline: float) -> tuple[list[tuple], list[str]]:
     """`kubectl create -f` each file in the home folder, in order: (table rows, errors)."""
     listed = " ".join(shlex.quote(f) for f in files)
-    missing = conn.run(f'for f in {listed}; do [ -f "$f" ] || echo "$f"; done',
-                       hide=True, in_stream=False).stdout.split()
+    missing = remote(conn, f'for f in {listed}; do [ -f "$f" ] || echo "$f"; done', deadline).stdout.split()
     if missing:
         raise Exit(f"{', '.join(missing)} not in the master's home folder: run `inv copy` first", code=1)
     rows, errors = [], []
     for name in files:
-        result = conn.run(f"{kubectl} create -f {shlex.quote(name)}", hide=True, warn=True, in_stream=False)
+        result = remote(conn, f"{kubectl} create -f {shlex.quote(name)}", deadline)
         created, existing, failed = create_outcome(result.stdout, result.stderr, result.exited)
         rows += [(name, what, "created") for what in created]
         rows += [(name, what, "already there") for what in existing]
@@ -101,18 +104,22 @@ def create_all(conn, kubectl: str, files: list[str]) -> tuple[list[tuple], list[
 
 def create_until(conn, kubectl: str, files: list[str], deadline: float,
                  interval: float) -> tuple[list[tuple], list[str]]:
-    """`create_all` again until no object fails or the deadline.
+    """`create_all` again, while its errors are those of a starting cluster, until the deadline.
 
     Right after `inv up` the API server is still starting (connection refused)
     and service-account tokens do not exist yet; both pass within minutes.
+    A pass with no such error but others (a bad manifest, no kubectl) is final at once.
     """
     done: dict[tuple, str] = {}
     while True:
-        rows, errors = create_all(conn, kubectl, files)
+        rows, errors = create_all(conn, kubectl, files, deadline)
         for manifest, what, result in rows:
             if result != "FAILED":
                 done.setdefault((manifest, what), result)  # "created" on an earlier try stays created
-        if not errors or time.monotonic() + interval > deadline:
+        # One error of a starting cluster makes the rest of the pass suspect too (a namespace
+        # refused early is "not found" later), so the whole pass is asked again.
+        final = not any(STARTING.search(e) for e in errors)
+        if not errors or final or time.monotonic() + interval > deadline:
             failed = [row for row in rows if row[2] == "FAILED"]
             return [(manifest, what, result) for (manifest, what), result in done.items()] + failed, errors
         time.sleep(interval)

@@ -24,6 +24,7 @@ from invoke import Exit, task
 
 from tasks import nodes, settings
 from tasks.settings import Cluster
+from tasks.ui import last_line
 
 MANIFESTS_DIR = "/opt/kubernetes/manifests"
 PKI_DEST = "/srv/kubernetes"
@@ -80,7 +81,7 @@ def plan(config, cluster: Cluster) -> dict[str, list[Item]]:
     for path in rendered if manifests else [*rendered, out / "manifests"]:
         if not path.exists():
             raise Exit(f"{path} is missing: run `inv render` first", code=1)
-    common = [Item(f"{a.dest.rstrip('/')}/{a.name}", a.mode, a.path) for a in binaries]
+    common = [Item(a.target, a.mode, a.path) for a in binaries]
     for item in common:
         if not item.source.is_file():
             raise Exit(f"downloaded file {item.source} is missing: run `inv download` first", code=1)
@@ -268,7 +269,7 @@ def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False) -> 
     report.uploaded = [i.target for i in todo if i.target in done]
     report.failed = [i.target for i in todo if i.target not in done]
     if result.failed:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        last = last_line(result.stderr)
         where = report.failed[0] if report.failed else "activate_command"
         report.error = f"{where}: exited {result.exited}: {last}"
         if not report.failed:

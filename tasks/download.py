@@ -57,6 +57,11 @@ class Artifact:
     sha256: str       # pinned digest, lowercase, or ""
     path: Path        # paths.downloads/<name>
 
+    @property
+    def target(self) -> str:
+        """Where it goes on the nodes."""
+        return f"{self.dest.rstrip('/')}/{self.name}"
+
 
 @dataclass(frozen=True)
 class Locked:

@@ -21,6 +21,7 @@ from invoke import Exit
 
 from tasks import settings
 from tasks.settings import Cluster
+from tasks.ui import last_line
 
 T = TypeVar("T")
 VAGRANT_INSTALL = ("vagrant is not installed: install Vagrant (https://developer.hashicorp.com/vagrant/install, "
@@ -130,7 +131,7 @@ def details(c, cluster: Cluster, names=None) -> dict[str, dict]:
         return {}
     result = vagrant(c, "ssh-config " + " ".join(names), hide=True, warn=True)
     if result.failed:
-        why = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        why = last_line(result.stderr)
         raise Exit(f"`vagrant ssh-config` failed: {why} (are the VMs up? run `inv up`)", code=1)
     return parse_ssh_config(result.stdout, names)
 
@@ -153,10 +154,10 @@ def describe(error: BaseException) -> str:
 
     if isinstance(error, UnexpectedExit):
         r = error.result
-        last = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:] or ["no output"]
+        last = last_line(r.stderr) if r.stderr.strip() else last_line(r.stdout)
         command = " ".join(r.command.split())
         command = command if len(command) <= 60 else command[:57] + "..."
-        return f"`{command}` exited {r.exited}: {last[0]}"
+        return f"`{command}` exited {r.exited}: {last}"
     if isinstance(error, (ConnectionRefusedError, NoValidConnectionsError)):
         return "connection refused (is sshd running?)"
     if isinstance(error, (socket.timeout, TimeoutError)):
@@ -233,6 +234,23 @@ def wait_ready(conns: dict, timeout: float) -> None:
                 time.sleep(1)
 
     on_nodes(conns, ready, what=f"waiting {timeout:g} s for SSH")
+
+
+def share(conn) -> None:
+    """Let threads share `conn`: one opens it (or fails to), the others wait for that.
+
+    Fabric's `open` has no lock; threads opening one connection at once would
+    each start a transport and leak all but one.
+    """
+    import threading
+
+    lock, open_once = threading.Lock(), conn.open
+
+    def open_locked():
+        with lock:
+            return None if conn.is_connected else open_once()
+
+    conn.open = open_locked
 
 
 def close_all(conns: dict) -> None:

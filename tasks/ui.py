@@ -31,5 +31,11 @@ def table(title: str, columns, rows) -> None:
     out.print(grid)
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line of a command's output: usually its error message."""
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
 def say(message: str) -> None:
     print(message, flush=True)

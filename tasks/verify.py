@@ -9,6 +9,7 @@ turn a command's output into `Result` rows; the effects are in `probes` and
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import time
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ from typing import Callable
 from invoke import Exit, task
 
 from tasks import settings
+from tasks.ui import last_line
 from tasks.settings import Cluster
 
 # VirtualBox gives every VM this NAT address; a BGP peer there means a
@@ -59,9 +61,15 @@ class Workload:
 
 def binary(config, name: str) -> str:
     """Where the downloaded artifact `name` lives on the nodes (its dest folder + name)."""
-    for artifact in config["download"]["artifacts"]:
-        if artifact["name"] == name:
-            return f"{artifact['dest'].rstrip('/')}/{name}"
+    from tasks import download
+
+    try:
+        artifacts = download.artifacts(config)
+    except settings.ConfigError as err:
+        raise Exit(str(err), code=2) from None
+    for artifact in artifacts:
+        if artifact.name == name:
+            return artifact.target
     raise Exit(f"download.artifacts has no entry named {name}: it is needed on the nodes", code=2)
 
 
@@ -72,7 +80,7 @@ def seconds(value, default, flag: str = "--timeout") -> float:
         number = float(raw)
     except (TypeError, ValueError):
         number = -1
-    if number < 0:
+    if not 0 <= number < math.inf:  # also refuses nan, which would never reach a deadline
         raise Exit(f"{flag} {raw!r}: expected a number of seconds, 0 or more", code=2)
     return number
 
@@ -175,15 +183,15 @@ def dns_result(cluster: Cluster, output: str, node: str) -> Result:
     got = parse_nslookup(output)
     want_server, want = cluster.dns_ip, cluster.api_service_ip
     if not got["server"]:
-        return Result("dns", node, False, f"no answer: {_last_line(output)}")
+        return Result("dns", node, False, f"no answer: {last_line(output)}")
     if got["server"] != want_server:
         return Result("dns", node, False, f"resolver is {got['server']}, expected {want_server} "
-                                          f"(kubelet --cluster-dns): {_last_line(output)}")
+                                          f"(kubelet --cluster-dns): {last_line(output)}")
     if want in got["addresses"]:
         return Result("dns", node, True, f"kubernetes -> {want} from {want_server}")
     if got["addresses"]:
         return Result("dns", node, False, f"kubernetes -> {', '.join(got['addresses'])}, expected {want}")
-    return Result("dns", node, False, f"{got['error'] or _last_line(output)} (server {want_server}): "
+    return Result("dns", node, False, f"{got['error'] or last_line(output)} (server {want_server}): "
                                       "are the kube-dns pods ready?")
 
 
@@ -210,7 +218,7 @@ def bgp_results(cluster: Cluster, node: str, output: str) -> list[Result]:
     """On `node`: every other node a node-to-node mesh peer, up and Established."""
     peers = parse_bgp(output)
     if "IPv4 BGP status" not in output:
-        return [Result("bgp", node, False, f"{_last_line(output)}: is calico-node running on {node}?")]
+        return [Result("bgp", node, False, f"{last_line(output)}: is calico-node running on {node}?")]
     by_address = {p["address"]: p for p in peers}
     rows = []
     missing = []
@@ -247,7 +255,7 @@ def ui_result(url: str, stdout: str, stderr: str, node: str) -> Result:
     if code.isdigit() and code != "000":
         got = f"HTTP {code}"
     else:  # curl's own complaint: refused, timed out, not installed
-        got, message = "no answer", _last_line(stderr or stdout)
+        got, message = "no answer", last_line(stderr or stdout)
     return Result("kube-ui", node, False, f"{got} from {url}{': ' + message[:200] if message else ''}")
 
 
@@ -257,11 +265,6 @@ def failure_message(results: list[Result]) -> str:
     checks = list(dict.fromkeys(r.check for r in failed))
     parts = [f"{r.check} on {r.node}: {r.detail}" for r in failed]
     return f"verify failed: {len(checks)} check(s) ({', '.join(checks)}): " + "; ".join(parts)
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
 
 
 # -- effects ----------------------------------------------------------------------
@@ -276,11 +279,11 @@ def kubectl_json(conn, kubectl: str, args: str, deadline: float) -> dict:
     """`kubectl ARGS -o json` parsed; raises CheckError with kubectl's own message."""
     result = remote(conn, f"{kubectl} {args} -o json", deadline)
     if result.failed:
-        raise CheckError(_last_line(result.stderr or result.stdout))
+        raise CheckError(last_line(result.stderr or result.stdout))
     try:
         return json.loads(result.stdout)
     except ValueError:
-        raise CheckError(f"`kubectl {args} -o json` printed no JSON: {_last_line(result.stdout)}") from None
+        raise CheckError(f"`kubectl {args} -o json` printed no JSON: {last_line(result.stdout)}") from None
 
 
 class CheckError(Exception):
@@ -398,12 +401,9 @@ def verify(c, timeout=None, json=False):
     wait = seconds(timeout, c.config.verify.timeout)
     interval = seconds(None, c.config.verify.interval, "verify.interval")
     conns = nodes.connections(c, cluster)
+    # Several checks share the master's connection from their threads.
+    nodes.share(conns[cluster.master.name])
     try:
-        try:
-            # Open the master's connection first: several checks share it from their threads.
-            conns[cluster.master.name].open()
-        except Exception:
-            pass  # each check then reports the connection failure as its own row
         results = run_checks(probes(c, cluster, conns), wait, interval)
     finally:
         nodes.close_all(conns)

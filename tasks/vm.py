@@ -15,6 +15,7 @@ from invoke import Exit, task
 
 from tasks import nodes, settings
 from tasks.settings import Cluster
+from tasks.ui import last_line
 
 VIRTUALBOX_INSTALL = ("VirtualBox is not installed (no VBoxManage on PATH): install VirtualBox "
                       "(https://www.virtualbox.org/wiki/Downloads), which `vagrant up` needs")
@@ -87,7 +88,7 @@ def _vm_states(c, cluster: Cluster) -> dict[str, str]:
         return {n.name: "-" for n in cluster.nodes}
     result = nodes.vagrant(c, "status --machine-readable", hide=True, warn=True)
     if result.failed:
-        why = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        why = last_line(result.stderr)
         raise Exit(f"`vagrant status` failed: {why}", code=1)
     return parse_status(result.stdout)
 

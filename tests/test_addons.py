@@ -105,6 +105,30 @@ def test_addons_waits_for_an_api_server_that_is_starting(ssh_cluster, installed,
     assert "FAILED" not in done.stdout
 
 
+@pytest.mark.timeout(120)  # a regression would ask again for the 600 s below
+def test_an_error_that_never_heals_is_not_asked_again(ssh_cluster, installed, scenario, tmp_path):
+    config = json.loads(json.dumps(installed))
+    for artifact in config["download"]["artifacts"]:
+        if artifact["name"] == "kubectl":
+            artifact["dest"] = "/opt/elsewhere"
+    done = run_inv(tmp_path, "addons", "--timeout", "600", config=config)
+    assert done.returncode == 1
+    assert "kubectl create failed on calico-01: skydns.yaml:" in done.stderr
+    assert "/opt/elsewhere/kubectl" in done.stderr
+
+
+@pytest.mark.parametrize("message,starting", [
+    ("The connection to the server localhost:8080 was refused - did you specify the right host or port?", True),
+    ('Error from server: error when creating "busybox.yaml": pods "busybox" is forbidden: '
+     "no API token found for service account default/default, retry after the token is automatically created "
+     "and added to the service account", True),
+    ('error validating "skydns.yaml": error validating data: found invalid field nme for v1.ObjectMeta', False),
+    ("sh: 1: /opt/bin/kubectl: not found", False),
+])
+def test_errors_of_a_starting_cluster_are_told_apart(message, starting):
+    assert bool(addons.STARTING.search(message)) is starting
+
+
 def test_missing_manifests_say_run_copy(ssh_cluster, installed, scenario, tmp_path):
     home = ssh_cluster.path("calico-01", "/home/core/kube-ui-svc.yaml")
     saved = home.read_bytes()

@@ -264,3 +264,25 @@ def test_wait_ready_does_not_wait_out_a_wrong_key(ssh_nodes, tmp_path):
     nodes.close_all(conns)
     assert "calico-02" in err.value.message and "authentication failed" in err.value.message
     assert "calico-01" not in err.value.message
+
+
+def test_share_opens_one_connection_for_many_threads(ssh_nodes):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = context(ssh_nodes.config)
+    conn = nodes.connections(c, settings.build(c.config), ["calico-01"])["calico-01"]
+    opened, connect = [], conn.client.connect
+
+    def counting(*args, **kwargs):
+        opened.append(1)
+        return connect(*args, **kwargs)
+
+    conn.client.connect = counting
+    nodes.share(conn)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            names = list(pool.map(lambda _: conn.run("hostname", hide=True).stdout.strip(), range(6)))
+    finally:
+        conn.close()
+    assert names == ["calico-01"] * 6
+    assert len(opened) == 1
