@@ -569,10 +569,11 @@ def test_check_reports_status_and_size_without_downloading(tmp_path, server):
     assert not (tmp_path / "downloads").exists()
 
 
-def test_check_falls_back_to_get_when_head_is_refused(tmp_path, server):
+@pytest.mark.parametrize("refusal", [405, 501])  # 501 Not Implemented is final, not a 5xx to retry
+def test_check_falls_back_to_get_when_head_is_refused(tmp_path, server, refusal):
     config = mirrored(tmp_path, server, artifacts=DEFAULTS["download"]["artifacts"][:1])
     publish(server, config, size=5000)
-    server.hook(K8S + "kubectl", ("status", 405))
+    server.hook(K8S + "kubectl", ("status", refusal))
     [(art, status, size)] = download.check_all(config)
     assert status == "200 OK" and size > 5000
     assert [m for m, _, _ in server.log] == ["HEAD", "GET"]
@@ -674,16 +675,6 @@ def test_inv_download_rejects_bad_configuration_and_unknown_names(tmp_path):
     result = run_inv(tmp_path, "download", "--parallel", "-2", config=make_config(tmp_path))
     assert result.returncode == 2 and "--parallel = -2: expected a whole number of at least 1" in result.stderr
     assert not (tmp_path / "downloads").exists()
-
-
-def test_check_falls_back_to_get_on_501_without_retrying_head(tmp_path, server):
-    """501 Not Implemented is an answer for good, not a 5xx worth retrying."""
-    config = mirrored(tmp_path, server, artifacts=DEFAULTS["download"]["artifacts"][:1])
-    publish(server, config, size=5000)
-    server.hook(K8S + "kubectl", ("status", 501))
-    [(art, status, size)] = download.check_all(config)
-    assert status == "200 OK" and size > 5000
-    assert [m for m, _, _ in server.log] == ["HEAD", "GET"]
 
 
 class Interrupt(download.Quiet):
