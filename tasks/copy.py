@@ -77,8 +77,9 @@ def plan(config, cluster: Cluster) -> dict[str, list[Item]]:
     out = settings.path(config, "output")
     rendered = [out / render.user_data_name(n.name) for n in cluster.nodes]
     rendered += [out / render.PKI_DIR / name for name in pki.NODE_FILES]
-    manifests = sorted((out / "manifests").glob("*.yaml"))
-    for path in rendered if manifests else [*rendered, out / "manifests"]:
+    # Exactly the manifests `inv addons` will create, not whatever lies in the folder.
+    manifests = [out / "manifests" / name for name in config["addons"]["manifests"]]
+    for path in rendered + manifests:
         if not path.exists():
             raise Exit(f"{path} is missing: run `inv render` first", code=1)
     common = [Item(a.target, a.mode, a.path) for a in binaries]
@@ -288,8 +289,8 @@ def _dry_tables(cluster: Cluster, wanted: dict[str, list[Item]], activate: str) 
         ui.table(f"{node.name} would get", ("target", "mode", "owner", "from"), rows)
 
 
-@task(help={"dry": "Print what each node would get (and, for reachable nodes, what is already there); "
-                   "change nothing."})
+@task(help={"dry": "Print what each node would get and what is already there; change nothing "
+                   "(the nodes must answer over SSH)."})
 def copy(c, dry=False):
     """Copy binaries, PKI, manifests and each node's cloud-config (last) to every node over SSH.
 

@@ -185,6 +185,16 @@ def test_a_failed_install_stops_before_the_cloud_config(ssh_nodes, cfg, tmp_path
     assert rows(done.stdout)["calico-03"][:3] == ["0", "0", str(len(expected(cfg, "calico-03")))]
 
 
+def test_a_missing_addon_manifest_says_run_render(ssh_nodes, cfg, tmp_path):
+    """The manifests `inv addons` will create must all be there, not just some file in the folder."""
+    cfg["paths"]["output"] = str(tmp_path / "out")  # not the module's shared output
+    render.render_all(cfg)
+    (tmp_path / "out" / "manifests" / "busybox.yaml").unlink()
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("manifests/busybox.yaml is missing: run `inv render` first")
+
+
 def test_missing_render_output_says_run_render_and_touches_no_node(ssh_nodes, cfg, tmp_path):
     cfg["paths"]["output"] = str(tmp_path / "nothing")
     done = run_inv(tmp_path, "copy", config=cfg)
