@@ -298,24 +298,29 @@ def copy(c, dry=False):
     at cluster.user_data_path is installed last, then cluster.activate_command
     runs ({path} is that path).
     """
-    from tasks import ui
-
     cluster = settings.cluster_from(c)
     wanted = plan(c.config, cluster)
+    conns = nodes.connections(c, cluster)
+    try:
+        copy_all(cluster, wanted, conns, dry)
+    finally:
+        nodes.close_all(conns)
+
+
+def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], conns: dict, dry: bool = False) -> None:
+    """Bring every node up to date over `conns` (from `plan`); a table, then Exit naming failed nodes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks import ui
+
     activate = cluster.activate_command.replace("{path}", shlex.quote(cluster.user_data_path))
     if dry:
         _dry_tables(cluster, wanted, activate)
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=1) as background:
         # Hash the local files while the nodes are reached and checked.
         sums = background.submit(digests, [i for items in wanted.values() for i in items])
-        conns = nodes.connections(c, cluster)
-        try:
-            reports, failures = nodes.attempt(
-                conns, lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry))
-        finally:
-            nodes.close_all(conns)
+        reports, failures = nodes.attempt(
+            conns, lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry))
     rows = []
     for node in cluster.nodes:
         if node.name in failures:

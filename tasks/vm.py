@@ -61,8 +61,8 @@ def up(c, timeout=300, copy=True):
     cluster = settings.cluster_from(c)
     if cluster.provider == "vagrant":
         _rendered(c.config)
-    if copy:
-        copy_step.plan(c.config, cluster)  # a missing render or download stops us before a long boot
+    # A missing render or download stops us before a long boot.
+    wanted = copy_step.plan(c.config, cluster) if copy else None
     if cluster.provider == "vagrant":
         if not shutil.which("vagrant"):
             raise Exit(nodes.VAGRANT_INSTALL, code=1)
@@ -71,16 +71,16 @@ def up(c, timeout=300, copy=True):
         # Vagrant's own output streams through: box download, boot, provisioners.
         if nodes.vagrant(c, "up", warn=True).failed:
             raise Exit("`vagrant up` failed (its output is above)", code=1)
+    from tasks import ui
+
     conns = nodes.connections(c, cluster)
     try:
         nodes.wait_ready(conns, float(timeout))
+        ui.say(f"{len(conns)} node(s) answer over SSH: {', '.join(conns)}")
+        if wanted:
+            copy_step.copy_all(cluster, wanted, conns)  # over the connections just opened
     finally:
         nodes.close_all(conns)
-    from tasks import ui
-
-    ui.say(f"{len(conns)} node(s) answer over SSH: {', '.join(conns)}")
-    if copy:
-        copy_step.copy(c)
 
 
 def _vm_states(c, cluster: Cluster) -> dict[str, str]:
