@@ -26,28 +26,34 @@ STARTING = re.compile(r"was refused|No API token found|couldn't read version|tim
 
 # -- pure --------------------------------------------------------------------------
 
-def documents(cluster: Cluster, names: list[str]) -> dict[str, list[dict]]:
-    """The rendered manifests `names` (in that order) as their YAML documents."""
+def documents(config, names: list[str]) -> dict[str, list[dict]]:
+    """The rendered manifests `names` (in that order) as their YAML documents.
+
+    Read from the rendered output, which `inv copy` put on the master: what
+    kubectl creates there is what is expected here.
+    """
     import yaml
 
     from tasks import render
 
-    rendered = render.plan(cluster)
+    folder = settings.path(config, "output") / "manifests"
     out = {}
     for name in names:
-        text = rendered.get(f"manifests/{name}")
-        if text is None:
-            known = sorted(k.split("/", 1)[1] for k in rendered if k.startswith("manifests/"))
-            raise Exit(f"addons.manifests lists {name!r}, which is not in manifests/ (has: {', '.join(known)})",
-                       code=2)
-        out[name] = [d for d in yaml.safe_load_all(text) if d]
+        path = folder / name
+        if not path.is_file():
+            known = sorted(p.name for p in render.MANIFESTS.glob("*.yaml"))
+            if name not in known:
+                raise Exit(f"addons.manifests lists {name!r}, which is not in manifests/ (has: {', '.join(known)})",
+                           code=2)
+            raise Exit(f"{path} is missing: run `inv render` first", code=1)
+        out[name] = [d for d in yaml.safe_load_all(path.read_text()) if d]
     return out
 
 
-def workloads(cluster: Cluster, names: list[str]) -> list[Workload]:
+def workloads(config, names: list[str]) -> list[Workload]:
     """The pods the addon manifests `names` run: bare pods and replication controllers' pods."""
     found = []
-    for docs in documents(cluster, names).values():
+    for docs in documents(config, names).values():
         for doc in docs:
             meta = doc.get("metadata", {})
             ns = meta.get("namespace", "default")
@@ -161,7 +167,7 @@ def addons(c, timeout=None):
     wait = verify.seconds(timeout, c.config.addons.timeout)
     interval = verify.seconds(None, c.config.verify.interval, "verify.interval")
     files = list(c.config.addons.manifests)
-    expected = workloads(cluster, files)
+    expected = workloads(c.config, files)
     kubectl = shlex.quote(verify.binary(c.config, "kubectl"))
     master = cluster.master.name
     conns = nodes.connections(c, cluster, names=[master])

@@ -322,7 +322,7 @@ def probes(c, cluster: Cluster, conns: dict) -> list[Callable[[float], list[Resu
     calicoctl = shlex.quote(binary(config, "calicoctl"))
     master_name = cluster.master.name
     master = conns[master_name]
-    workloads = addons.workloads(cluster, list(config.addons.manifests))
+    workloads = addons.workloads(config, list(config.addons.manifests))
     system = [w for w in workloads if w.namespace == "kube-system"]
     busybox = [w for w in workloads if w.kind == "Pod" and w.name == "busybox"]
     busybox_ns = busybox[0].namespace if busybox else "default"

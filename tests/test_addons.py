@@ -13,7 +13,7 @@ import pytest
 from conftest import make_config, run_inv
 from standin_cluster import Scenario, forget_objects, install, prepare
 
-from tasks import addons, settings
+from tasks import addons, render
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +172,9 @@ def test_create_outcome_keeps_other_errors_next_to_existing_ones():
 
 
 def test_workloads_follow_the_manifests(tmp_path):
-    cluster = settings.build(make_config(tmp_path))
-    found = addons.workloads(cluster, ["skydns.yaml", "kube-ui-rc.yaml", "kube-ui-svc.yaml", "busybox.yaml"])
+    config = make_config(tmp_path)
+    render.render_all(config)
+    found = addons.workloads(config, ["skydns.yaml", "kube-ui-rc.yaml", "kube-ui-svc.yaml", "busybox.yaml"])
     assert [(w.namespace, w.name, w.kind) for w in found] == [
         ("kube-system", "kube-dns-v9", "ReplicationController"),
         ("kube-system", "kube-ui-v5", "ReplicationController"),

@@ -180,7 +180,7 @@ def test_standin_json_feeds_the_checks(local_standins):
                              "node status.)"),
         ("calico-03", False, "172.18.18.103 not registered: is kubelet running on calico-03?")]
     pods = json.loads(standin(tmp_path, "kubectl", "get", "pods", "--namespace=kube-system", "-o", "json").stdout)
-    expected = [w for w in addons.workloads(cluster, ["skydns.yaml", "kube-ui-rc.yaml"])]
+    expected = addons.workloads(make_config(tmp_path), ["skydns.yaml", "kube-ui-rc.yaml"])
     rows = verify.pod_results("kube-system", cluster, pods["items"], expected)
     assert [r.ok for r in rows] == [True, True]
     assert re.fullmatch(r"kube-dns-v9-\w{5} 4/4 Running", rows[0].detail)
