@@ -10,7 +10,16 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# The seed procedure and its reference files sit beside the checkout (as in CI), not in it.
 SEED = ROOT.parent / "shared" / "seed"
+
+
+def seed_file(*parts: str):
+    """A file of the seed; the test is skipped, saying why, where the seed is not beside this checkout."""
+    path = SEED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not there: the seed procedure must sit beside this checkout")
+    return path
 DEFAULTS = yaml.safe_load((ROOT / "invoke.yaml").read_text())
 
 

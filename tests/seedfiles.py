@@ -6,14 +6,14 @@ import shlex
 
 import yaml
 
-from conftest import SEED
+from conftest import seed_file
 
-POST = SEED / "000_f30f3fc981904be9.txt"
+POST = "000_f30f3fc981904be9.txt"
 
 
 def seed_template(kind: str) -> str:
     """The fenced block that follows `<kind>-config.yaml.tmpl 内容如下` in the post."""
-    text = POST.read_text(encoding="utf-8")
+    text = seed_file(POST).read_text(encoding="utf-8")
     start = text.index(f"{kind}-config.yaml.tmpl 内容如下")
     block = re.search(r"```\n(.*?)```", text[start:], re.S)
     assert block and block.group(1).startswith("#cloud-config"), f"no {kind} template in the seed"

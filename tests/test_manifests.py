@@ -9,12 +9,9 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import SEED, make_config
+from conftest import make_config, seed_file
 
 from tasks import render, settings
-
-REFERENCE = SEED / "reference" / "manifests"
-
 
 def manifests(config) -> dict[str, list[dict]]:
     files = render.plan(settings.build(config))
@@ -29,9 +26,10 @@ def container(docs, rc: str, name: str) -> dict:
 
 def test_default_manifests_are_the_seeds_objects(tmp_path):
     mine = manifests(make_config(tmp_path))
-    assert sorted(mine) == sorted(p.name for p in REFERENCE.glob("*.yaml"))
+    reference = seed_file("reference", "manifests")
+    assert sorted(mine) == sorted(p.name for p in reference.glob("*.yaml"))
     for name, docs in mine.items():
-        seed = [d for d in yaml.safe_load_all((REFERENCE / name).read_text()) if d]
+        seed = [d for d in yaml.safe_load_all((reference / name).read_text()) if d]
         assert docs == seed, name
 
 
@@ -42,7 +40,7 @@ def test_addons_create_every_manifest_namespace_first(tmp_path):
     assert (first["kind"], first["metadata"]["name"]) == ("Namespace", "kube-system")
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in REFERENCE.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in render.MANIFESTS.glob("*.yaml")))
 def test_rendered_manifests_are_valid_kubernetes(tmp_path, name):
     for doc in manifests(make_config(tmp_path))[name]:
         kubernetes_validate.validate(doc, "1.25", strict=True)

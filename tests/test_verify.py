@@ -14,20 +14,22 @@ import re
 import subprocess
 
 import pytest
-from conftest import SEED, make_config, run_inv
+from conftest import make_config, run_inv, seed_file
 from invoke import Exit
 from standin_cluster import STANDINS, Scenario, UIServer, install, prepare
 
 from tasks import addons, settings, verify
 
-POST = (SEED / "000_f30f3fc981904be9.txt").read_text(encoding="utf-8")
+def post() -> str:
+    return seed_file("000_f30f3fc981904be9.txt").read_text(encoding="utf-8")
 
 
 def seed_output(command: str) -> str:
     """What the seed post shows after `$ command`, up to the next comment or prompt."""
-    start = POST.index(f"$ {command}\n") + len(f"$ {command}\n")
-    end = re.compile(r"^(#|core@|```)", re.M).search(POST, start).start()
-    return POST[start:end].rstrip("\n") + "\n"
+    text = post()
+    start = text.index(f"$ {command}\n") + len(f"$ {command}\n")
+    end = re.compile(r"^(#|core@|```)", re.M).search(text, start).start()
+    return text[start:end].rstrip("\n") + "\n"
 
 
 @pytest.fixture
