@@ -116,7 +116,10 @@ def create_until(conn, kubectl: str, files: list[str], deadline: float,
     and service-account tokens do not exist yet; both pass within minutes.
     A pass with no such error but others (a bad manifest, no kubectl) is final at once.
     """
+    from tasks import ui
+
     done: dict[tuple, str] = {}
+    said = 0.0
     while True:
         rows, errors = create_all(conn, kubectl, files, deadline)
         for manifest, what, result in rows:
@@ -128,6 +131,9 @@ def create_until(conn, kubectl: str, files: list[str], deadline: float,
         if not errors or final or time.monotonic() + interval > deadline:
             failed = [row for row in rows if row[2] == "FAILED"]
             return [(manifest, what, result) for (manifest, what), result in done.items()] + failed, errors
+        if time.monotonic() - said >= 15:
+            said = time.monotonic()
+            ui.progress(f"the cluster is still starting, asking again until the timeout: {errors[0]}")
         time.sleep(interval)
 
 
@@ -147,8 +153,7 @@ def wait_pods(conn, cluster: Cluster, kubectl: str, expected: list[Workload], ti
             rows += verify.pod_results(ns, cluster, pods, mine)
         return rows
 
-    deadline = time.monotonic() + timeout
-    return verify.poll(verify.guarded("pods", cluster.master.name, probe), deadline, interval)
+    return verify.run_checks([verify.guarded("pods", cluster.master.name, probe)], timeout, interval)
 
 
 @task(help={"timeout": "Seconds to wait for the API server to accept the objects and for the addon pods "

@@ -37,5 +37,10 @@ def last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def progress(message: str) -> None:
+    """A note on long work, on stderr: stdout stays the result (tables, JSON)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def say(message: str) -> None:
     print(message, flush=True)

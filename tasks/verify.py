@@ -304,10 +304,13 @@ def guarded(check: str, node: str, probe: Callable[[float], list[Result]]) -> Ca
     return run
 
 
-def poll(probe: Callable[[float], list[Result]], deadline: float, interval: float) -> list[Result]:
-    """Try `probe` until all its rows pass or the deadline; the last rows."""
+def poll(probe: Callable[[float], list[Result]], deadline: float, interval: float,
+         latest: dict | None = None) -> list[Result]:
+    """Try `probe` until all its rows pass or the deadline; the last rows (also kept in `latest`)."""
     while True:
         rows = probe(deadline)
+        if latest is not None:
+            latest[probe] = rows
         if all(r.ok for r in rows) or time.monotonic() + interval > deadline:
             return rows
         time.sleep(interval)
@@ -362,14 +365,28 @@ def probes(c, cluster: Cluster, conns: dict) -> list[Callable[[float], list[Resu
     return checks
 
 
-def run_checks(checks: list[Callable[[float], list[Result]]], timeout: float, interval: float) -> list[Result]:
-    """Every probe polled at once until it passes or `timeout` seconds are over; rows in check order."""
-    from concurrent.futures import ThreadPoolExecutor
+def run_checks(checks: list[Callable[[float], list[Result]]], timeout: float, interval: float,
+               every: float = 15.0) -> list[Result]:
+    """Every probe polled at once until it passes or `timeout` seconds are over; rows in check order.
 
-    deadline = time.monotonic() + timeout
+    While some still fail, says every `every` seconds on stderr what is awaited:
+    pulling images and starting pods takes minutes, and silence looks like a hang.
+    """
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    from tasks import ui
+
+    started = time.monotonic()
+    deadline = started + timeout
+    latest: dict = {}
     # The master's checks share its connection, one SSH channel each (sshd allows 10 by default).
     with ThreadPoolExecutor(max_workers=len(checks)) as pool:
-        futures = [pool.submit(poll, probe, deadline, interval) for probe in checks]
+        futures = [pool.submit(poll, probe, deadline, interval, latest) for probe in checks]
+        while wait(futures, timeout=every).not_done:
+            failing = [r for rows in list(latest.values()) for r in rows if not r.ok]
+            if failing:
+                ui.progress(f"waiting {time.monotonic() - started:.0f}/{timeout:g} s for "
+                            + "; ".join(f"{r.check} on {r.node}: {r.detail}" for r in failing))
     return [row for f in futures for row in f.result()]
 
 

@@ -103,6 +103,7 @@ def test_addons_waits_for_an_api_server_that_is_starting(ssh_cluster, installed,
     assert created == ["namespace kube-system", "pod busybox", "replicationcontroller kube-dns-v9",
                        "replicationcontroller kube-ui-v5", "service kube-dns", "service kube-ui"]
     assert "FAILED" not in done.stdout
+    assert "the cluster is still starting, asking again until the timeout: " in done.stderr
 
 
 @pytest.mark.timeout(120)  # a regression would ask again for the 600 s below

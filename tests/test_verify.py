@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 from conftest import make_config, run_inv, seed_file
@@ -322,3 +323,18 @@ def test_an_api_server_proxy_that_refuses_shows_curls_message(up, scenario, tmp_
     message = verify_fails(tmp_path, refusing, "kube-ui")
     assert message.startswith("verify failed: 1 check(s) (kube-ui): kube-ui on calico-01: no answer from "
                               "http://127.0.0.1:1/api/v1/proxy/namespaces/kube-system/services/kube-ui/: curl: (7) ")
+
+
+def test_long_waits_say_what_they_wait_for(capsys):
+    """Minutes of image pulls must not look like a hang: failing checks are reported while polled."""
+    started = time.monotonic()
+
+    def slow_dns(deadline):
+        ready = time.monotonic() - started > 1.0
+        return [verify.Result("dns", "calico-01", ready, "answered" if ready else "no answer: timed out")]
+
+    rows = verify.run_checks([slow_dns], timeout=10, interval=0.1, every=0.3)
+    assert rows == [verify.Result("dns", "calico-01", True, "answered")]
+    err = capsys.readouterr().err
+    assert "s for dns on calico-01: no answer: timed out" in err
+    assert err.startswith("waiting ")
