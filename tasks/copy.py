@@ -16,6 +16,7 @@ nothing. When anything else on a node changed, its cloud-config is installed
 """
 from __future__ import annotations
 
+import contextlib
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +209,7 @@ def install_script(items: list[Item], tmp: str, user: str, activate: str, record
     return "\n".join(lines) + "\n"
 
 
-def upload(sftp, source: Path, remote: str) -> None:
+def upload(sftp, source: Path, remote: str, advance=None) -> None:
     """Write `source` to `remote` in pipelined 255 KiB requests, then check the size.
 
     paramiko's `put` sends 32 KiB requests; OpenSSH's sftp-server takes up to
@@ -219,15 +220,18 @@ def upload(sftp, source: Path, remote: str) -> None:
         out.MAX_REQUEST_SIZE = REQUEST_SIZE
         while data := local.read(REQUEST_SIZE * 4):
             out.write(data)
+            if advance:
+                advance(len(data))
     size, sent = source.stat().st_size, sftp.stat(remote).st_size
     if sent != size:
         raise OSError(f"{remote}: {sent} of {size} bytes arrived")
 
 
-def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False) -> Report:
+def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False, bars=None, name: str = "") -> Report:
     """Bring one node up to date over one SSH connection and one SFTP session.
 
-    `sums` is a Future of the local files' sha256s (computed while connecting).
+    `sums` is a Future of the local files' sha256s (computed while connecting);
+    `bars`, on a terminal, shows the bytes sent to node `name`.
     """
     import secrets
 
@@ -255,10 +259,16 @@ def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False) -> 
         return report
     tmp = f"{home}/.inv-copy-{secrets.token_hex(6)}"
     sftp.mkdir(tmp, 0o700)
+    advance = None
+    if bars is not None:
+        bar = bars.add_task(name, total=sum(i.source.stat().st_size for i in todo if not i.is_dir))
+
+        def advance(count: int) -> None:
+            bars.advance(bar, count)
     try:
         for index, item in enumerate(todo):
             if not item.is_dir:
-                upload(sftp, item.source, f"{tmp}/{index}")
+                upload(sftp, item.source, f"{tmp}/{index}", advance)
     except BaseException:
         try:
             conn.run(f"rm -rf {shlex.quote(tmp)}", hide=True, warn=True)
@@ -316,11 +326,12 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], conns: dict, dry: 
     activate = cluster.activate_command.replace("{path}", shlex.quote(cluster.user_data_path))
     if dry:
         _dry_tables(cluster, wanted, activate)
-    with ThreadPoolExecutor(max_workers=1) as background:
+    bars = ui.transfer_bars() if not dry and ui.console().is_terminal else None
+    with ThreadPoolExecutor(max_workers=1) as background, bars or contextlib.nullcontext():
         # Hash the local files while the nodes are reached and checked.
         sums = background.submit(digests, [i for items in wanted.values() for i in items])
         reports, failures = nodes.attempt(
-            conns, lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry))
+            conns, lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name))
     rows = []
     for node in cluster.nodes:
         if node.name in failures:

@@ -337,12 +337,9 @@ class Bars(Lines):
     """A live display on a terminal: a bar per file and one for the total, with speed and ETA."""
 
     def __enter__(self):
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)
         from tasks import ui
 
-        self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(), console=ui.console())
+        self.progress = ui.transfer_bars()
         self.total = self.progress.add_task("total", total=0)
         self.rows: dict[str, int] = {}
         self.sizes: dict[str, int] = {}

@@ -31,6 +31,15 @@ def table(title: str, columns, rows) -> None:
     out.print(grid)
 
 
+def transfer_bars():
+    """A live display of byte transfers (bar, bytes, speed, time left) for the terminal."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    return Progress(TextColumn("{task.description:<24}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console())
+
+
 def last_line(text: str) -> str:
     """The last non-empty line of a command's output: usually its error message."""
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]

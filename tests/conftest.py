@@ -41,6 +41,33 @@ def run_inv(tmp_path: Path, *args: str, config: dict | None = None, timeout: flo
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, str]:
+    """Run the real `inv` with its output on a pseudo-terminal, as a user sees it: (exit status, screen text)."""
+    import os
+    import pty
+    import re
+
+    overrides = tmp_path / "terminal-config.yaml"
+    overrides.write_text(yaml.safe_dump(config))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(overrides), *args],
+                            cwd=ROOT, stdin=follower, stdout=follower, stderr=follower,
+                            env=dict(os.environ, COLUMNS="140", TERM="xterm"))
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    code = proc.wait(timeout=120)
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+
+
 @pytest.fixture
 def config(tmp_path):
     return make_config(tmp_path)

@@ -8,11 +8,12 @@ files exist at the moment it runs.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_inv
+from conftest import run_inv, run_inv_on_terminal
 
 from tasks import copy, pki, render, settings
 
@@ -95,6 +96,16 @@ def test_copy_lands_every_file_with_mode_and_owner_and_activates_last(ssh_nodes,
     table = rows(done.stdout)
     assert table["calico-01"][:3] == [str(len(expected(cfg, "calico-01"))), "0", "0"]
     assert table["calico-02"][:3] == [str(len(expected(cfg, "calico-02"))), "0", "0"]
+
+
+def test_copy_on_a_terminal_shows_each_nodes_bytes(ssh_nodes, cfg, tmp_path):
+    code, text = run_inv_on_terminal(tmp_path, "copy", config=cfg)
+    assert code == 0, text
+    total = sum(source.stat().st_size for source, _, _ in
+                (v for v in expected(cfg, "calico-02").values()) if source is not None)
+    for node in ssh_nodes.names:
+        assert re.search(rf"{node}\s+━+ [\d.]+/[\d.]+ [kM]B", text), text
+    assert f"{total / 1000:.1f}/{total / 1000:.1f} kB" in text or f"{total / 1e6:.1f}/{total / 1e6:.1f} MB" in text
 
 
 def test_rerun_uploads_nothing_and_does_not_activate_again(ssh_nodes, cfg, tmp_path):

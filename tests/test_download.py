@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pty
 import re
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import DEFAULTS, ROOT, make_config, run_inv
+from conftest import DEFAULTS, make_config, run_inv, run_inv_on_terminal
 from tasks import download
 from tasks.settings import ConfigError
 
@@ -612,24 +608,8 @@ def test_inv_download_on_a_terminal_shows_live_progress(tmp_path, server):
     config = mirrored(tmp_path, server)
     publish(server, config)
     del server.files[K8S + "kubelet"]
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(tmp_path / "c.yaml"), "download"],
-                            cwd=ROOT, stdin=follower, stdout=follower, stderr=follower,
-                            env=dict(os.environ, COLUMNS="140", TERM="xterm"))
-    os.close(follower)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the terminal closed with the process
-            break
-        if not chunk:
-            break
-        screen += chunk
-    os.close(leader)
-    assert proc.wait(timeout=60) == 1
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    code, text = run_inv_on_terminal(tmp_path, "download", config=config)
+    assert code == 1
     assert re.search(r"total\s+━+ 360\.\d/360\.\d kB +[\d.]+ [kM]B/s", text)  # the total bar, with speed
     assert re.search(r"kube-apiserver\s+━+\s+40\.\d/40\.\d kB", text)
     assert f"FAILED kubelet {server.base}{K8S}kubelet: HTTP 404 Not Found" in text
