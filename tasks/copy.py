@@ -70,9 +70,6 @@ def plan(config, cluster: Cluster) -> dict[str, list[Item]]:
 
     try:
         binaries = download.artifacts(config)
-        if not cluster.user_data_path.startswith("/"):
-            raise settings.ConfigError("cluster.user_data_path", cluster.user_data_path,
-                                       "an absolute path like /var/lib/coreos-vagrant/vagrantfile-user-data")
     except settings.ConfigError as err:
         raise Exit(str(err), code=2) from None
     out = settings.path(config, "output")

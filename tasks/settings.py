@@ -286,6 +286,9 @@ def build(config) -> Cluster:
     for key, value in config["versions"].items():
         if not value:
             raise ConfigError(f"versions.{key}", value, "a non-empty version")
+    if not cl["user_data_path"].startswith("/"):
+        raise ConfigError("cluster.user_data_path", cl["user_data_path"],
+                          "an absolute path like /var/lib/coreos-vagrant/vagrantfile-user-data")
     if not k8s["pause_image"]:
         raise ConfigError("kubernetes.pause_image", k8s["pause_image"], "a docker image name")
     return Cluster(

@@ -36,6 +36,7 @@ BAD = [
     ({"cluster": {"provider": "hosts", "hosts": [{"name": "a", "address": "192.168.1.10"}]}},
      "calico.pool = '192.168.0.0/16': expected a network that does not contain node a's address 192.168.1.10"),
     ({"verify": {"interval": 0}}, "verify.interval = 0: expected a whole number of at least 1"),
+    ({"cluster": {"user_data_path": "user-data"}}, "cluster.user_data_path = 'user-data': expected an absolute path"),
     ({"addons": {"timeout": -5}}, "addons.timeout = -5: expected a number of seconds, 0 or more"),
     ({"vm": {"timezone": "Mars/Olympus"}}, "vm.timezone = 'Mars/Olympus': expected a time zone name"),
     ({"cluster": {"num_instancs": 3}}, "cluster.num_instancs = 3: expected a known key of cluster"),
