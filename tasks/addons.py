@@ -170,7 +170,7 @@ def addons(c, timeout=None):
 
     cluster = settings.cluster_from(c)
     wait = verify.seconds(timeout, c.config.addons.timeout)
-    interval = verify.seconds(None, c.config.verify.interval, "verify.interval")
+    interval = float(c.config.verify.interval)  # checked with the configuration
     files = list(c.config.addons.manifests)
     expected = workloads(c.config, files)
     kubectl = shlex.quote(verify.binary(c.config, "kubectl"))
@@ -187,8 +187,7 @@ def addons(c, timeout=None):
                             interval)
     finally:
         nodes.close_all(conns)
-    ui.table("Addon pods", ("namespace", "node", "result", "pod"),
-             [(r.check, r.node, "ok" if r.ok else "FAILED", r.detail) for r in results])
+    ui.table("Addon pods", ("namespace", "node", "result", "pod"), verify.table_rows(results))
     bad = [r for r in results if not r.ok]
     if bad:
         raise Exit(f"addons: pods not running after {wait:g} s: " + "; ".join(f"{r.detail} (on {r.node})"

@@ -269,10 +269,9 @@ def build(config) -> Cluster:
     pool = _net("calico.pool", config["calico"]["pool"])
     _apart(services, pool, network if cl["provider"] == "vagrant" else None, nodes)
     positive("verify.interval", config["verify"]["interval"])
-    for key in ("addons.timeout", "verify.timeout"):
-        section, name = key.split(".")
-        if config[section][name] < 0:
-            raise ConfigError(key, config[section][name], "a number of seconds, 0 or more")
+    for section in ("addons", "verify"):
+        if config[section]["timeout"] < 0:
+            raise ConfigError(f"{section}.timeout", config[section]["timeout"], "a number of seconds, 0 or more")
     positive("vm.memory", vm["memory"])
     positive("vm.cpus", vm["cpus"])
     zones = zoneinfo.available_timezones()

@@ -73,7 +73,7 @@ def binary(config, name: str) -> str:
     raise Exit(f"download.artifacts has no entry named {name}: it is needed on the nodes", code=2)
 
 
-def seconds(value, default, flag: str = "--timeout") -> float:
+def seconds(value, default) -> float:
     """A task's timeout flag (a string when given, None when not) or the configured default."""
     raw = default if value is None else value
     try:
@@ -81,7 +81,7 @@ def seconds(value, default, flag: str = "--timeout") -> float:
     except (TypeError, ValueError):
         number = -1
     if not 0 <= number < math.inf:  # also refuses nan, which would never reach a deadline
-        raise Exit(f"{flag} {raw!r}: expected a number of seconds, 0 or more", code=2)
+        raise Exit(f"--timeout {raw!r}: expected a number of seconds, 0 or more", code=2)
     return number
 
 
@@ -397,8 +397,11 @@ def report(results: list[Result], as_json: bool, timeout: float) -> None:
         print(json.dumps({"ok": all(r.ok for r in results), "timeout": timeout,
                           "checks": [asdict(r) for r in results]}, indent=2), flush=True)
         return
-    rows = [(r.check, r.node, "ok" if r.ok else "FAILED", r.detail) for r in results]
-    ui.table("Cluster checks", ("check", "node", "result", "detail"), rows)
+    ui.table("Cluster checks", ("check", "node", "result", "detail"), table_rows(results))
+
+
+def table_rows(results: list[Result]) -> list[tuple]:
+    return [(r.check, r.node, "ok" if r.ok else "FAILED", r.detail) for r in results]
 
 
 @task(help={"timeout": "Seconds each check may keep failing before it counts as failed (default verify.timeout).",
@@ -416,7 +419,7 @@ def verify(c, timeout=None, json=False):
 
     cluster = settings.cluster_from(c)
     wait = seconds(timeout, c.config.verify.timeout)
-    interval = seconds(None, c.config.verify.interval, "verify.interval")
+    interval = float(c.config.verify.interval)  # checked with the configuration
     conns = nodes.connections(c, cluster)
     # Several checks share the master's connection from their threads.
     nodes.share(conns[cluster.master.name])
