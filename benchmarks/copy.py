@@ -26,6 +26,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from conftest import ARTIFACTS, project  # noqa: E402
 from sshnodes import SSHNodes  # noqa: E402
 
 from benchmarks.artifact_sizes import generate  # noqa: E402
@@ -61,14 +62,14 @@ def main() -> None:
     try:
         with SSHNodes(base / "nodes", count=6) as nodes:
             config = nodes.make_config(base)
-            downloads = generate(base / "downloads", [a["name"] for a in config["download"]["artifacts"]])
+            downloads = generate(base / "downloads", [a["name"] for a in ARTIFACTS])
             total = sum(f.stat().st_size for f in downloads.values())
             print(f"{total / 1e6:.0f} MB of binaries, {os.cpu_count()} CPUs")
             files = {}
             for count in (1, 3, 6):
                 config["cluster"]["hosts"] = nodes.hosts()[:count]
                 config["paths"]["output"] = str(base / f"out-{count}")
-                render.render_all(config)
+                render.render_all(project(config))
                 files[count] = base / f"config-{count}.yaml"
                 files[count].write_text(yaml.safe_dump(config))
             nodes.reset()

@@ -33,7 +33,7 @@ import time  # noqa: E402
 
 import tasks  # noqa: E402,F401  (makes tasks/ the package, as under inv)
 import yaml  # noqa: E402
-from conftest import make_config  # noqa: E402
+from conftest import ARTIFACTS, artifacts, make_config, project  # noqa: E402
 from test_download import FileServer, url_path  # noqa: E402
 
 from benchmarks.artifact_sizes import SIZES, generate  # noqa: E402
@@ -91,11 +91,11 @@ def run(work: Path, args) -> None:
     total = sum(p.stat().st_size for p in files.values())
     with FileServer(rate=args.rate * 1e6, latency=args.latency) as server:
         mirrors = {"https://storage.googleapis.com/": server.base + "/", "https://github.com/": server.base + "/"}
-        artifacts = [dict(a, sha256="") for a in make_config(work)["download"]["artifacts"]]
+        artifacts = [dict(a, sha256="") for a in ARTIFACTS]
         config = make_config(work, download={"mirrors": mirrors, "artifacts": artifacts,
                                              "lock_file": str(work / "downloads.lock")})
         urls = []
-        for art in download.artifacts(config):
+        for art in artifacts(config):
             path = url_path(art.url)
             server.files[path] = files[art.name]
             if "kubernetes-release" in path:
@@ -112,7 +112,7 @@ def run(work: Path, args) -> None:
         rerun = inv(config_file)
         floor = inv(config_file, "--list")  # Python and Invoke starting, the tasks loading: no download code
         started = time.monotonic()
-        outcome = download.fetch_all(config)
+        outcome = download.fetch_all(project(config))
         in_process = time.monotonic() - started
         assert len(outcome.present) == len(SIZES) and len(server.log) == requests_cold, "re-run made requests"
     for name, path in files.items():

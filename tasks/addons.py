@@ -11,12 +11,13 @@ import re
 import shlex
 import time
 
-from invoke import Exit, task
+from invoke import task
 
-from tasks import settings
-from tasks.ui import last_line
+from tasks import kube, settings
+from tasks.errors import StepError, exits
+from tasks.kube import Result, Workload, remote
 from tasks.settings import Cluster
-from tasks.verify import Result, Workload, remote
+from tasks.ui import last_line
 
 EXISTS = re.compile(r'(\w+) "([^"]+)" already exists')
 # What kubectl 1.1 says while the cluster is still starting: worth asking again.
@@ -25,45 +26,6 @@ STARTING = re.compile(r"was refused|No API token found|couldn't read version|tim
 
 
 # -- pure --------------------------------------------------------------------------
-
-def documents(config, names: list[str]) -> dict[str, list[dict]]:
-    """The rendered manifests `names` (in that order) as their YAML documents.
-
-    Read from the rendered output, which `inv copy` put on the master: what
-    kubectl creates there is what is expected here.
-    """
-    import yaml
-
-    from tasks import render
-
-    folder = settings.path(config, "output") / "manifests"
-    out = {}
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            known = sorted(p.name for p in render.MANIFESTS.glob("*.yaml"))
-            if name not in known:
-                raise Exit(f"addons.manifests lists {name!r}, which is not in manifests/ (has: {', '.join(known)})",
-                           code=2)
-            raise Exit(f"{path} is missing: run `inv render` first", code=1)
-        out[name] = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    return out
-
-
-def workloads(config, names: list[str]) -> list[Workload]:
-    """The pods the addon manifests `names` run: bare pods and replication controllers' pods."""
-    found = []
-    for docs in documents(config, names).values():
-        for doc in docs:
-            meta = doc.get("metadata", {})
-            ns = meta.get("namespace", "default")
-            if doc.get("kind") == "Pod":
-                found.append(Workload(ns, meta["name"], "Pod"))
-            elif doc.get("kind") == "ReplicationController":
-                selector = doc["spec"].get("selector") or doc["spec"]["template"]["metadata"]["labels"]
-                found.append(Workload(ns, meta["name"], "ReplicationController", tuple(sorted(selector.items()))))
-    return found
-
 
 def create_outcome(stdout: str, stderr: str, exited: int) -> tuple[list[str], list[str], list[str]]:
     """kubectl 1.1 `create -f` output -> (created, already existing, errors).
@@ -96,7 +58,7 @@ def create_all(conn, kubectl: str, files: list[str], deadline: float) -> tuple[l
     listed = " ".join(shlex.quote(f) for f in files)
     missing = remote(conn, f'for f in {listed}; do [ -f "$f" ] || echo "$f"; done', deadline).stdout.split()
     if missing:
-        raise Exit(f"{', '.join(missing)} not in the master's home folder: run `inv copy` first", code=1)
+        raise StepError(f"{', '.join(missing)} not in the master's home folder: run `inv copy` first")
     rows, errors = [], []
     for name in files:
         result = remote(conn, f"{kubectl} create -f {shlex.quote(name)}", deadline)
@@ -117,47 +79,54 @@ def create_until(conn, kubectl: str, files: list[str], deadline: float,
     A pass with no such error but others (a bad manifest, no kubectl) is final at once.
     """
     from tasks import ui
+    from tasks.waiting import until
 
     done: dict[tuple, str] = {}
-    said = 0.0
-    while True:
+    said = [0.0]
+
+    def attempt():
         rows, errors = create_all(conn, kubectl, files, deadline)
         for manifest, what, result in rows:
             if result != "FAILED":
                 done.setdefault((manifest, what), result)  # "created" on an earlier try stays created
+        return rows, errors
+
+    def starting(outcome) -> bool:
         # One error of a starting cluster makes the rest of the pass suspect too (a namespace
         # refused early is "not found" later), so the whole pass is asked again.
-        final = not any(STARTING.search(e) for e in errors)
-        if not errors or final or time.monotonic() + interval > deadline:
-            failed = [row for row in rows if row[2] == "FAILED"]
-            return [(manifest, what, result) for (manifest, what), result in done.items()] + failed, errors
-        if time.monotonic() - said >= 15:
-            said = time.monotonic()
-            ui.progress(f"the cluster is still starting, asking again until the timeout: {errors[0]}")
-        time.sleep(interval)
+        return any(STARTING.search(e) for e in outcome[1])
+
+    def waiting(outcome) -> None:
+        if time.monotonic() - said[0] >= 15:
+            said[0] = time.monotonic()
+            ui.progress(f"the cluster is still starting, asking again until the timeout: {outcome[1][0]}")
+
+    rows, errors = until(attempt, deadline, interval, done=lambda outcome: not outcome[1], again=starting,
+                         waiting=waiting)
+    failed = [row for row in rows if row[2] == "FAILED"]
+    return [(manifest, what, result) for (manifest, what), result in done.items()] + failed, errors
 
 
 def wait_pods(conn, cluster: Cluster, kubectl: str, expected: list[Workload], timeout: float,
               interval: float) -> list[Result]:
     """Poll the pods of `expected` until all run with every container ready, or `timeout`."""
-    from tasks import verify
-
     namespaces = list(dict.fromkeys(w.namespace for w in expected))
 
     def probe(deadline):
         rows = []
         for ns in namespaces:
-            listing = verify.kubectl_json(conn, kubectl, f"get pods --namespace={ns}", deadline)
+            listing = kube.kubectl_json(conn, kubectl, f"get pods --namespace={ns}", deadline)
             mine = [w for w in expected if w.namespace == ns]
             pods = [p for p in listing.get("items") or [] if any(w.owns(p) for w in mine)]
-            rows += verify.pod_results(ns, cluster, pods, mine)
+            rows += kube.pod_results(ns, cluster, pods, mine)
         return rows
 
-    return verify.run_checks([verify.guarded("pods", cluster.master.name, probe)], timeout, interval)
+    return kube.run_checks([kube.guarded("pods", cluster.master.name, probe)], timeout, interval)
 
 
 @task(help={"timeout": "Seconds to wait for the API server to accept the objects and for the addon pods "
                        "to run (default addons.timeout)."})
+@exits
 def addons(c, timeout=None):
     """Create the cluster addons on the master and wait until their pods run.
 
@@ -166,32 +135,31 @@ def addons(c, timeout=None):
     `inv copy` put them. Objects that already exist are fine; an API server
     that is still starting is asked again until the timeout.
     """
-    from tasks import nodes, ui, verify
+    from tasks import ui
+    from tasks.nodes import Nodes
 
-    cluster = settings.cluster_from(c)
-    wait = verify.seconds(timeout, c.config.addons.timeout)
-    interval = float(c.config.verify.interval)  # checked with the configuration
-    files = list(c.config.addons.manifests)
-    expected = workloads(c.config, files)
-    kubectl = shlex.quote(verify.binary(c.config, "kubectl"))
+    project = settings.load(c)
+    cluster = project.cluster
+    wait = kube.seconds(timeout, project.addons.timeout)
+    interval = float(project.verify.interval)
+    files = list(project.addons.manifests)
+    expected = kube.workloads(project)
+    kubectl = shlex.quote(project.artifact("kubectl").target)
     master = cluster.master.name
-    conns = nodes.connections(c, cluster, names=[master])
     deadline = time.monotonic() + wait
-    try:
-        rows, errors = nodes.on_nodes(
-            conns, lambda name, conn: create_until(conn, kubectl, files, deadline, interval), what="addons")[master]
+    with Nodes(c, project, names=[master]) as group:
+        rows, errors = group.run(lambda name, conn: create_until(conn, kubectl, files, deadline, interval),
+                                 what="addons")[master]
         ui.table(f"kubectl create on {master}", ("manifest", "object", "result"), rows)
         if errors:
-            raise Exit(f"addons: kubectl create failed on {master}: " + "; ".join(errors), code=1)
-        results = wait_pods(conns[master], cluster, kubectl, expected, max(0.0, deadline - time.monotonic()),
+            raise StepError(f"addons: kubectl create failed on {master}: " + "; ".join(errors))
+        results = wait_pods(group[master], cluster, kubectl, expected, max(0.0, deadline - time.monotonic()),
                             interval)
-    finally:
-        nodes.close_all(conns)
-    ui.table("Addon pods", ("namespace", "node", "result", "pod"), verify.table_rows(results))
+    ui.table("Addon pods", ("namespace", "node", "result", "pod"), kube.table_rows(results))
     bad = [r for r in results if not r.ok]
     if bad:
-        raise Exit(f"addons: pods not running after {wait:g} s: " + "; ".join(f"{r.detail} (on {r.node})"
-                                                                               for r in bad), code=1)
+        raise StepError(f"addons: pods not running after {wait:g} s: "
+                        + "; ".join(f"{r.detail} (on {r.node})" for r in bad))
     ui.say(f"Addons running: {len(results)} pod(s).")
 
 

@@ -21,10 +21,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from invoke import Exit, task
+from invoke import task
 
-from tasks import nodes, settings
-from tasks.settings import Cluster
+from tasks import settings
+from tasks.errors import StepError, exits
+from tasks.nodes import Failure, NodesFailed, where
+from tasks.settings import Cluster, Project
 from tasks.ui import last_line
 
 MANIFESTS_DIR = "/opt/kubernetes/manifests"
@@ -60,30 +62,26 @@ class Report:
     error: str = ""
 
 
-def plan(config, cluster: Cluster) -> dict[str, list[Item]]:
+def plan(project: Project) -> dict[str, list[Item]]:
     """Node name -> what it gets, in order; the cloud-config is always last.
 
-    Raises Exit, before any node is touched, when a rendered or downloaded
+    Raises StepError, before any node is touched, when a rendered or downloaded
     file is missing.
     """
-    from tasks import download, pki, render
+    from tasks import pki, render
 
-    try:
-        binaries = download.artifacts(config)
-    except settings.ConfigError as err:
-        raise Exit(str(err), code=2) from None
-    out = settings.path(config, "output")
+    cluster, out = project.cluster, project.output_dir
     rendered = [out / render.user_data_name(n.name) for n in cluster.nodes]
     rendered += [out / render.PKI_DIR / name for name in pki.NODE_FILES]
     # Exactly the manifests `inv addons` will create, not whatever lies in the folder.
-    manifests = [out / "manifests" / name for name in config["addons"]["manifests"]]
+    manifests = [out / "manifests" / name for name in project.addons.manifests]
     for path in rendered + manifests:
         if not path.exists():
-            raise Exit(f"{path} is missing: run `inv render` first", code=1)
-    common = [Item(a.target, a.mode, a.path) for a in binaries]
+            raise StepError(f"{path} is missing: run `inv render` first")
+    common = [Item(a.target, a.mode, a.path) for a in project.download.artifacts]
     for item in common:
         if not item.source.is_file():
-            raise Exit(f"downloaded file {item.source} is missing: run `inv download` first", code=1)
+            raise StepError(f"downloaded file {item.source} is missing: run `inv download` first")
     common.append(Item(MANIFESTS_DIR, 0o755))
     common += [Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
                for name in pki.NODE_FILES]
@@ -298,6 +296,7 @@ def _dry_tables(cluster: Cluster, wanted: dict[str, list[Item]], activate: str) 
 
 @task(help={"dry": "Print what each node would get and what is already there; change nothing "
                    "(the nodes must answer over SSH)."})
+@exits
 def copy(c, dry=False):
     """Copy binaries, PKI, manifests and each node's cloud-config (last) to every node over SSH.
 
@@ -305,17 +304,16 @@ def copy(c, dry=False):
     at cluster.user_data_path is installed last, then cluster.activate_command
     runs ({path} is that path).
     """
-    cluster = settings.cluster_from(c)
-    wanted = plan(c.config, cluster)
-    conns = nodes.connections(c, cluster)
-    try:
-        copy_all(cluster, wanted, conns, dry)
-    finally:
-        nodes.close_all(conns)
+    from tasks.nodes import Nodes
+
+    project = settings.load(c)
+    wanted = plan(project)
+    with Nodes(c, project) as group:
+        copy_all(project.cluster, wanted, group, dry)
 
 
-def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], conns: dict, dry: bool = False) -> None:
-    """Bring every node up to date over `conns` (from `plan`); a table, then Exit naming failed nodes."""
+def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool = False) -> None:
+    """Bring every node up to date over the `Nodes` group (from `plan`); a table, then NodesFailed naming failed nodes."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tasks import ui
@@ -327,8 +325,8 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], conns: dict, dry: 
     with ThreadPoolExecutor(max_workers=1) as background, bars or contextlib.nullcontext():
         # Hash the local files while the nodes are reached and checked.
         sums = background.submit(digests, [i for items in wanted.values() for i in items])
-        reports, failures = nodes.attempt(
-            conns, lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name))
+        reports, failures = group.attempt(
+            lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name))
     rows = []
     for node in cluster.nodes:
         if node.name in failures:
@@ -336,12 +334,12 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], conns: dict, dry: 
             continue
         r = reports[node.name]
         if r.error:
-            failures[node.name] = nodes.Failure(node.name, nodes.where(conns[node.name]), r.error)
+            failures[node.name] = Failure(node.name, where(group[node.name]), r.error)
         rows.append((node.name, len(r.uploaded), len(r.unchanged), len(r.failed), r.error))
     title = "Would copy (dry run: nothing changed)" if dry else "Copied"
     ui.table(title, ("node", "would upload" if dry else "uploaded", "unchanged", "failed", "detail"), rows)
     if failures:
-        raise nodes.failed(failures, "copy")
+        raise NodesFailed(failures, "copy")
 
 
 TASKS = (copy,)

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from invoke import Exit, task
+from invoke import task
 
 from tasks import settings
+from tasks.errors import ConfigError, StepError, exits
 from tasks.files import write_atomic
-from tasks.settings import ConfigError
+from tasks.settings import Artifact, Project, is_http
 
 CHUNK = 256 * 1024
 BACKOFF = 0.5                # seconds before the second try; doubled before each later one
@@ -42,25 +43,7 @@ DIGEST_FILES = (("sha256", ".sha256"), ("sha1", ".sha1"), ("md5", ".md5"))
 CACHE = ".verified.json"
 LOCK_HEADER = ("# sha256 of every artifact `inv download` fetched; commit this file.\n"
                "# <sha256>  <name>  <upstream URL>\n")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-MODE = re.compile(r"^[0-7]{3,4}$")
-
-
-@dataclass(frozen=True)
-class Artifact:
-    name: str
-    url: str          # where it is fetched: versions filled in, mirrors applied
-    upstream: str     # the same before mirrors: what the lock file records
-    dest: str         # folder on the nodes (`inv copy`)
-    mode: int
-    sha256: str       # pinned digest, lowercase, or ""
-    path: Path        # paths.downloads/<name>
-
-    @property
-    def target(self) -> str:
-        """Where it goes on the nodes."""
-        return f"{self.dest.rstrip('/')}/{self.name}"
+HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -71,79 +54,6 @@ class Locked:
 
 # --- planning (pure) -------------------------------------------------------
 
-def _is_http(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-def _fill(key: str, url: str, versions: dict) -> str:
-    """`url` with its {version} placeholders filled in; ConfigError names any other."""
-    names = ", ".join("{%s}" % v for v in versions)
-    try:
-        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(url) if f is not None]
-    except ValueError:
-        fields = [("", "", None)]
-    if any(f not in versions or spec or conv for f, spec, conv in fields):
-        raise ConfigError(key, url, f"an http(s) URL whose placeholders are among {names}")
-    filled = url.format(**versions)
-    if not _is_http(filled):
-        raise ConfigError(key, url, "an http:// or https:// URL")
-    return filled
-
-
-def check_mirrors(mirrors) -> dict[str, str]:
-    for prefix, replacement in mirrors.items():
-        key = f"download.mirrors[{prefix!r}]"
-        if not isinstance(prefix, str) or not _is_http(prefix):
-            raise ConfigError(key, prefix, "a URL prefix to replace, like https://storage.googleapis.com/")
-        if not isinstance(replacement, str) or not _is_http(replacement):
-            raise ConfigError(key, replacement, "a replacement URL prefix starting with http:// or https://")
-    return dict(mirrors)
-
-
-def mirror(url: str, mirrors: dict[str, str]) -> str:
-    """`url` with the longest prefix listed in `mirrors` replaced."""
-    prefix = max((p for p in mirrors if url.startswith(p)), key=len, default=None)
-    return url if prefix is None else mirrors[prefix] + url[len(prefix):]
-
-
-def artifacts(config) -> list[Artifact]:
-    """Every configured artifact, checked, with its final URL; raises ConfigError.
-
-    `inv copy` reads name, dest, mode and path from here.
-    """
-    settings.check_keys(config)
-    dl = config["download"]
-    for key in ("parallel", "timeout", "retries"):
-        settings.positive(f"download.{key}", dl[key])
-    if not dl["lock_file"]:
-        raise ConfigError("download.lock_file", dl["lock_file"], "a file path like downloads.lock")
-    mirrors = check_mirrors(dl["mirrors"])
-    versions = dict(config["versions"])
-    folder = settings.path(config, "downloads")
-    found: list[Artifact] = []
-    for i, entry in enumerate(dl["artifacts"]):
-        key = f"download.artifacts[{i}]"
-        name = entry.get("name", "")
-        if not NAME.match(name):
-            raise ConfigError(f"{key}.name", name, "a file name of letters, digits, '.', '_', '+' and '-'")
-        if any(a.name == name for a in found):
-            raise ConfigError(f"{key}.name", name, "a name no other artifact has")
-        upstream = _fill(f"{key}.url", entry.get("url", ""), versions)
-        dest = entry.get("dest", "/opt/bin")
-        if not dest.startswith("/"):
-            raise ConfigError(f"{key}.dest", dest, "an absolute folder like /opt/bin")
-        mode = entry.get("mode", "0755")
-        if not MODE.match(mode):
-            raise ConfigError(f"{key}.mode", mode, "an octal file mode like 0755")
-        pin = entry.get("sha256", "")
-        if pin and not HEX64.match(pin):
-            raise ConfigError(f"{key}.sha256", pin, "64 hexadecimal digits, or empty to rely on the lock file")
-        found.append(Artifact(name=name, url=mirror(upstream, mirrors), upstream=upstream, dest=dest,
-                              mode=int(mode, 8), sha256=pin.lower(), path=folder / name))
-    return found
-
-
 def select(every: list[Artifact], only) -> list[Artifact]:
     """The artifacts named in `only` (all when empty), in configured order."""
     names = {a.name for a in every}
@@ -153,18 +63,13 @@ def select(every: list[Artifact], only) -> list[Artifact]:
     return [a for a in every if not only or a.name in only]
 
 
-def lock_path(config) -> Path:
-    """download.lock_file; relative to the project folder, like paths.*."""
-    return settings.resolve(config["download"]["lock_file"])
-
-
 def parse_lock(text: str, where: str) -> dict[str, Locked]:
     entries = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         fields = line.split()
-        if len(fields) != 3 or not HEX64.match(fields[0]) or not _is_http(fields[2]):
+        if len(fields) != 3 or not HEX64.fullmatch(fields[0]) or not is_http(fields[2]):
             raise ConfigError(f"{where} line {number}", line, "'<sha256>  <name>  <url>'")
         entries[fields[1]] = Locked(fields[0].lower(), fields[2])
     return entries
@@ -577,17 +482,17 @@ def read_lock(path: Path) -> dict[str, Locked]:
     return parse_lock(text, path.name)
 
 
-def fetch_all(config, *, only=(), update_lock: bool = False, parallel: int = 0,
+def fetch_all(project: Project, *, only=(), update_lock: bool = False, parallel: int = 0,
               progress=Quiet, backoff: float = BACKOFF) -> Outcome:
-    """Bring paths.downloads up to date with download.artifacts; raises ConfigError on bad settings.
+    """Bring the downloads folder up to date with download.artifacts; ConfigError for an unknown `only` name.
 
     `progress()` makes the progress display, only if something is to be downloaded.
     """
-    every = artifacts(config)
+    every = list(project.download.artifacts)
     chosen = select(every, only)
-    lockfile = lock_path(config)
+    lockfile = project.download.lock_file
     lock = read_lock(lockfile)
-    folder = settings.path(config, "downloads")
+    folder = project.downloads_dir
     recorded = read_cache(folder)
     cache = dict(recorded)
     outcome = Outcome(lock=lockfile)
@@ -602,10 +507,9 @@ def fetch_all(config, *, only=(), update_lock: bool = False, parallel: int = 0,
     try:
         if jobs:  # only now: a complete folder never opens a connection
             folder.mkdir(parents=True, exist_ok=True)
-            dl = config["download"]
+            dl = project.download
             report = progress()
-            with report, Fetcher(dl["timeout"], dl["retries"], parallel or dl["parallel"], report,
-                                 backoff) as fetcher:
+            with report, Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, report, backoff) as fetcher:
                 for (art, _, _), result in fetcher.run(fetcher.fetch, jobs):
                     if isinstance(result, Failed):
                         outcome.failed.append((art, str(result)))
@@ -627,11 +531,11 @@ def fetch_all(config, *, only=(), update_lock: bool = False, parallel: int = 0,
     return outcome
 
 
-def check_all(config, *, only=(), parallel: int = 0) -> list[tuple[Artifact, str, int | None]]:
+def check_all(project: Project, *, only=(), parallel: int = 0) -> list[tuple[Artifact, str, int | None]]:
     """(artifact, HTTP status or error, size) for each URL, through mirrors; downloads nothing."""
-    chosen = select(artifacts(config), only)
-    dl = config["download"]
-    with Fetcher(dl["timeout"], dl["retries"], parallel or dl["parallel"], Quiet()) as fetcher:
+    chosen = select(list(project.download.artifacts), only)
+    dl = project.download
+    with Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, Quiet()) as fetcher:
         found = dict(fetcher.run(fetcher.probe, chosen))
     return [(art, *found[art]) for art in chosen]
 
@@ -642,6 +546,7 @@ def check_all(config, *, only=(), parallel: int = 0) -> list[tuple[Artifact, str
     "parallel": "Simultaneous downloads (default: download.parallel).",
     "only": "Only this artifact (by name); repeat for several.",
 })
+@exits
 def download(c, check=False, update_lock=False, parallel=0, only=None):
     """Download the cluster's binaries into paths.downloads, verified against pins and the lock file.
 
@@ -651,25 +556,20 @@ def download(c, check=False, update_lock=False, parallel=0, only=None):
     """
     from tasks import ui
 
-    try:
-        if parallel < 0:
-            raise ConfigError("--parallel", parallel, "a whole number of at least 1 (0: download.parallel)")
-        if check:
-            return _report_check(check_all(c.config, only=only, parallel=parallel))
-        outcome = fetch_all(c.config, only=only, update_lock=update_lock, parallel=parallel,
-                            progress=lambda: Bars() if ui.console().is_terminal else Lines())
-    except ConfigError as err:
-        raise Exit(str(err), code=2) from None
-    except OSError as err:
-        raise Exit(f"download: {err.filename or ''}: {err.strerror or err}", code=1) from None
-    folder = settings.path(c.config, "downloads")
+    project = settings.load(c)
+    if parallel < 0:
+        raise ConfigError("--parallel", parallel, "a whole number of at least 1 (0: download.parallel)")
+    if check:
+        return _report_check(check_all(project, only=only, parallel=parallel))
+    outcome = fetch_all(project, only=only, update_lock=update_lock, parallel=parallel,
+                        progress=lambda: Bars() if ui.console().is_terminal else Lines())
     lock_note = f"{outcome.lock.name} updated" if outcome.lock_changed else f"{outcome.lock.name} unchanged"
     ui.say(f"{len(outcome.downloaded)} downloaded, {len(outcome.present)} already present and verified "
-           f"in {folder}; {lock_note}.")
+           f"in {project.downloads_dir}; {lock_note}.")
     if outcome.failed:
         names = ", ".join(art.name for art, _ in outcome.failed)
         total = len(outcome.failed) + len(outcome.downloaded) + len(outcome.present)
-        raise Exit(f"download failed for {len(outcome.failed)} of {total} artifact(s): {names}", code=1)
+        raise StepError(f"download failed for {len(outcome.failed)} of {total} artifact(s): {names}")
 
 
 def _report_check(rows) -> None:
@@ -679,7 +579,7 @@ def _report_check(rows) -> None:
              [(art.name, art.url, status, human(size)) for art, status, size in rows])
     missing = [f"{art.name} ({status})" for art, status, _ in rows if not status[:1] == "2"]
     if missing:
-        raise Exit(f"not available: {', '.join(missing)}", code=1)
+        raise StepError(f"not available: {', '.join(missing)}")
 
 
 TASKS = (download,)

@@ -1,31 +1,28 @@
-"""The cluster's machines over SSH: one Fabric connection per node, used in parallel.
+"""The cluster's machines over SSH: a `Nodes` group, one Fabric connection per node.
 
-Where the connection details come from depends on `cluster.provider`:
-`vagrant` asks Vagrant once (`vagrant ssh-config`, parsed with paramiko's
-SSHConfig); `hosts` takes them from the `cluster.hosts` entries. Every
-connection has a Fabric config of its own, cloned from the task's, so one
-machine's key never leaks to the next (DESIGN.md §3).
+Shaped like Fabric's `Group`, but it collects per-node failures instead of
+raising at the first:
 
-    conns = nodes.connections(c, cluster)
-    hostnames = nodes.on_nodes(conns, lambda name, conn: conn.run("hostname", hide=True).stdout)
+    with Nodes(c, project) as group:
+        hostnames = group.run(lambda name, conn: conn.run("hostname", hide=True).stdout)
+
+The provider says how to reach each node. Every connection has a Fabric config
+of its own, cloned from the task's, so one machine's key never leaks to the
+next (DESIGN.md §3).
 """
 from __future__ import annotations
 
-import os
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from invoke import Exit
-
-from tasks import settings
-from tasks.settings import Cluster
+from tasks.errors import StepError
 from tasks.ui import last_line
 
 T = TypeVar("T")
-VAGRANT_INSTALL = ("vagrant is not installed: install Vagrant (https://developer.hashicorp.com/vagrant/install, "
-                   "or `apt-get install vagrant`) and VirtualBox, or set cluster.provider: hosts")
 
 
 @dataclass(frozen=True)
@@ -40,27 +37,22 @@ class Failure:
         return f"{self.node} ({self.where}): {self.reason}"
 
 
-def _fabric_config(c):
-    """A Fabric config of the node's own, cloned from the task's."""
-    import fabric
+class NodesFailed(StepError):
+    """Some nodes failed; the message has a line per node naming it and why."""
 
-    cfg = c.config.clone(into=fabric.Config)
-    # No stdin under pytest or CI: Fabric would fail reading it.
-    cfg.run.in_stream = False
-    cfg.sudo.in_stream = False
-    cfg.timeouts.connect = c.config.cluster.ssh_timeout
-    if c.config.cluster.provider == "hosts":
-        # Existing machines: honour ~/.ssh/config (ProxyJump to a bastion, IdentityFile, ...) as ssh would.
-        # Vagrant's details are complete already and must not be bent by a `Host *` rule.
-        cfg.load_ssh_config()
-    return cfg
+    def __init__(self, failures: dict[str, Failure], what: str = ""):
+        self.failures = failures
+        head = f"{what} failed on" if what else "failed on"
+        super().__init__("\n".join([f"{head} {len(failures)} node(s):"] + [f"  {f}" for f in failures.values()]))
 
 
 def _transport(*args, **kwargs):
     """A paramiko Transport preferring AES-GCM, when the server offers it, over paramiko's AES-CTR + HMAC.
 
     About twice as fast for the copy's hundreds of megabytes, on both ends;
-    every other cipher stays available for older servers.
+    every other cipher stays available for older servers. paramiko has no
+    public setting for the order of ciphers: this is the one place that
+    touches its private `_preferred_ciphers`.
     """
     import paramiko
 
@@ -71,75 +63,23 @@ def _transport(*args, **kwargs):
     return transport
 
 
-def _connection(c, host: str, port: int, user: str, key_files: list[str]):
+def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool):
     import fabric
 
-    kwargs = {"transport_factory": _transport}
-    if key_files:
+    cfg = base_config.clone(into=fabric.Config) if base_config is not None else fabric.Config()
+    # No stdin under pytest or CI: Fabric would fail reading it.
+    cfg.run.in_stream = False
+    cfg.sudo.in_stream = False
+    cfg.timeouts.connect = ssh_timeout
+    if load_ssh_config:
+        cfg.load_ssh_config()
+    kwargs: dict = {"transport_factory": _transport}
+    if target.key_files:
         # Only the given key: an agent's or ~/.ssh's keys, tried first, may exhaust the server's MaxAuthTries.
-        kwargs.update(key_filename=key_files, look_for_keys=False, allow_agent=False)
+        kwargs.update(key_filename=list(target.key_files), look_for_keys=False, allow_agent=False)
     # Throwaway VMs and test nodes: host keys change with every `vagrant up`. Fabric's client
     # accepts them (AutoAddPolicy) and keeps them in memory only, never writing known_hosts.
-    return fabric.Connection(host, user=user, port=port, config=_fabric_config(c), connect_kwargs=kwargs)
-
-
-def parse_ssh_config(text: str, names) -> dict[str, dict]:
-    """`vagrant ssh-config` output -> {name: {host, port, user, key_files}} for each name.
-
-    Raises Exit naming a node the text has no entry for.
-    """
-    import paramiko
-
-    parsed = paramiko.SSHConfig.from_text(text)
-    known = parsed.get_hostnames()
-    out = {}
-    for name in names:
-        if name not in known:
-            raise Exit(f"vagrant ssh-config has no entry for {name} (has: {', '.join(sorted(known - {'*'})) or 'none'}): "
-                       f"run `inv up`", code=1)
-        entry = parsed.lookup(name)
-        out[name] = {"host": entry.get("hostname", name), "port": int(entry.get("port", 22)),
-                     "user": entry.get("user", "core"), "key_files": list(entry.get("identityfile", []))}
-    return out
-
-
-def vagrant_env(config) -> dict:
-    """What the Vagrantfile needs: the cluster description `inv render` wrote."""
-    from tasks import render
-
-    return {"CLUSTER_DESCRIPTION": str(settings.path(config, "output") / render.DESCRIPTION)}
-
-
-def vagrant(c, args: str, **kwargs):
-    """Run `vagrant ARGS` in the project folder (the Vagrantfile's); Exit when Vagrant is missing."""
-    import shutil
-
-    if not shutil.which("vagrant"):
-        raise Exit(VAGRANT_INSTALL, code=1)
-    with c.cd(str(settings.ROOT)):
-        return c.run(f"vagrant {args}", in_stream=False, env=vagrant_env(c.config), **kwargs)
-
-
-def details(c, cluster: Cluster, names=None) -> dict[str, dict]:
-    """How to reach each node (or those `names`): {name: {host, port, user, key_files}}, in cluster order."""
-    chosen = [n for n in cluster.nodes if names is None or n.name in names]
-    if cluster.provider == "hosts":
-        return {n.name: {"host": n.address or n.ip, "port": n.port, "user": n.user,
-                         "key_files": [os.path.expanduser(n.key_file)] if n.key_file else []} for n in chosen}
-    names = [n.name for n in chosen]
-    if not names:
-        return {}
-    result = vagrant(c, "ssh-config " + " ".join(names), hide=True, warn=True)
-    if result.failed:
-        why = last_line(result.stderr)
-        raise Exit(f"`vagrant ssh-config` failed: {why} (are the VMs up? run `inv up`)", code=1)
-    return parse_ssh_config(result.stdout, names)
-
-
-def connections(c, cluster: Cluster, names=None) -> dict:
-    """One fabric.Connection per node name (all, or those in `names`), in cluster order; none opened yet."""
-    return {name: _connection(c, d["host"], d["port"], d["user"], d["key_files"])
-            for name, d in details(c, cluster, names).items()}
+    return fabric.Connection(target.host, user=target.user, port=target.port, config=cfg, connect_kwargs=kwargs)
 
 
 def where(conn) -> str:
@@ -164,44 +104,9 @@ def describe(error: BaseException) -> str:
         return "timed out"
     if isinstance(error, paramiko.AuthenticationException):
         return f"authentication failed ({error}): check the user and key file"
-    if isinstance(error, Exit):
-        return str(error.message)
+    if isinstance(error, StepError):
+        return str(error)
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-
-
-def attempt(conns: dict, fn: Callable[[str, object], T]) -> tuple[dict[str, T], dict[str, Failure]]:
-    """Run fn(name, conn) for every node in parallel; (results, failures) by name."""
-    if not conns:
-        return {}, {}
-    with ThreadPoolExecutor(max_workers=len(conns)) as pool:
-        futures = {name: pool.submit(fn, name, conn) for name, conn in conns.items()}
-    results, failures = {}, {}
-    for name, future in futures.items():
-        error = future.exception()
-        if error is None:
-            results[name] = future.result()
-        else:
-            failures[name] = Failure(name, where(conns[name]), describe(error))
-    return results, failures
-
-
-def failed(failures: dict[str, Failure], what: str = "") -> Exit:
-    """The Exit for failed nodes: one line per node naming it and why."""
-    head = f"{what} failed on" if what else "failed on"
-    lines = [f"{head} {len(failures)} node(s):"] + [f"  {f}" for f in failures.values()]
-    return Exit("\n".join(lines), code=1)
-
-
-def on_nodes(conns: dict, fn: Callable[[str, object], T], what: str = "") -> dict[str, T]:
-    """fn(name, conn) on every node in parallel -> results by name.
-
-    When any node fails, raises Exit naming every failed node and why, after
-    all nodes have finished.
-    """
-    results, failures = attempt(conns, fn)
-    if failures:
-        raise failed(failures, what)
-    return results
 
 
 def booting(error: BaseException) -> bool:
@@ -215,44 +120,85 @@ def booting(error: BaseException) -> bool:
                               EOFError, paramiko.SSHException))
 
 
-def wait_ready(conns: dict, timeout: float) -> None:
-    """Wait until every node runs a command over SSH; Exit naming those that did not in `timeout` seconds."""
-    import time
+class Nodes:
+    """One SSH connection per node (all, or `names`), in cluster order; a context manager that closes them.
 
-    deadline = time.monotonic() + timeout
+    Connections open on first use. `conn(name)` opens one under a lock, so
+    several threads may share it (Fabric's `open` has none: threads opening
+    one connection at once would each start a transport and leak all but one).
+    """
 
-    def ready(name, conn):
-        while True:
+    def __init__(self, c, project, names=None):
+        from tasks import providers
+
+        self.project = project
+        self.provider = providers.of(project, c)
+        self.names = [n.name for n in project.cluster.nodes if names is None or n.name in names]
+        self.connections: dict = {}
+        self._locks = {name: threading.Lock() for name in self.names}
+
+    def __enter__(self) -> "Nodes":
+        targets = self.provider.targets(self.names)
+        self.connections = {name: _connection(self.project.invoke_config, targets[name], self.project.ssh_timeout,
+                                              self.provider.load_ssh_config) for name in self.names}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for conn in self.connections.values():
+            conn.close()
+
+    def __getitem__(self, name: str):
+        return self.connections[name]
+
+    def conn(self, name: str):
+        """Node `name`'s connection, opened (once, whichever thread asks first)."""
+        connection = self.connections[name]
+        with self._locks[name]:
+            if not connection.is_connected:
+                connection.open()
+        return connection
+
+    def attempt(self, fn: Callable[[str, object], T]) -> tuple[dict[str, T], dict[str, Failure]]:
+        """fn(name, conn) on every node in parallel; (results, failures) by name, in cluster order."""
+        if not self.connections:
+            return {}, {}
+        with ThreadPoolExecutor(max_workers=len(self.connections)) as pool:
+            futures = {name: pool.submit(fn, name, conn) for name, conn in self.connections.items()}
+        results, failures = {}, {}
+        for name, future in futures.items():
+            error = future.exception()
+            if error is None:
+                results[name] = future.result()
+            else:
+                failures[name] = Failure(name, where(self.connections[name]), describe(error))
+        return results, failures
+
+    def run(self, fn: Callable[[str, object], T], what: str = "") -> dict[str, T]:
+        """fn(name, conn) on every node in parallel -> results by name; NodesFailed after all have finished."""
+        results, failures = self.attempt(fn)
+        if failures:
+            raise NodesFailed(failures, what)
+        return results
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until every node runs a command over SSH; NodesFailed naming those that did not in time."""
+        from tasks.waiting import until
+
+        deadline = time.monotonic() + timeout
+
+        def try_once(conn):
             try:
                 conn.run("true", hide=True)
-                return
+                return None
             except Exception as err:
                 conn.close()
-                # A booting machine refuses, resets or times out; a wrong key or user never heals.
-                if not booting(err) or time.monotonic() + 1 > deadline:
-                    raise
-                time.sleep(1)
+                return err
 
-    on_nodes(conns, ready, what=f"waiting {timeout:g} s for SSH")
+        def ready(name, conn):
+            # A booting machine refuses, resets or times out; a wrong key or user never heals.
+            error = until(lambda: try_once(conn), deadline, 1.0, done=lambda err: err is None,
+                          again=booting)
+            if error is not None:
+                raise error
 
-
-def share(conn) -> None:
-    """Let threads share `conn`: one opens it (or fails to), the others wait for that.
-
-    Fabric's `open` has no lock; threads opening one connection at once would
-    each start a transport and leak all but one.
-    """
-    import threading
-
-    lock, open_once = threading.Lock(), conn.open
-
-    def open_locked():
-        with lock:
-            return None if conn.is_connected else open_once()
-
-    conn.open = open_locked
-
-
-def close_all(conns: dict) -> None:
-    for conn in conns.values():
-        conn.close()
+        self.run(ready, what=f"waiting {timeout:g} s for SSH")

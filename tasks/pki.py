@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tasks.errors import StepError
 from tasks.files import write_atomic
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
@@ -29,7 +30,7 @@ NODE_FILES = (CA_CERT, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY)
 VALIDITY = datetime.timedelta(days=3650)
 
 
-class PKIError(Exception):
+class PKIError(StepError):
     """A certificate file exists but cannot be used; the message is one line."""
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from invoke import Exit, task
+from invoke import task
 
 from tasks import settings
+from tasks.errors import StepError, exits
 from tasks.files import write_atomic
-from tasks.settings import Cluster
+from tasks.settings import Cluster, Project
 
-TEMPLATES = settings.ROOT / "cloud-config"
-MANIFESTS = settings.ROOT / "manifests"
 DESCRIPTION = "cluster.json"
 NODES_DIR = "nodes"
 PKI_DIR = "pki"
@@ -51,18 +50,20 @@ def description(cluster: Cluster) -> dict:
     }
 
 
-def plan(cluster: Cluster) -> dict[str, bytes]:
-    """Every rendered file but the PKI: relative path -> contents."""
-    env = _environment(TEMPLATES)
+def plan(project: Project) -> dict[str, bytes]:
+    """Every rendered file but the PKI: relative path -> contents, from the stack's templates."""
+    cluster, stack = project.cluster, project.stack
+    env = _environment(stack.templates)
     files: dict[str, bytes] = {}
     for node in cluster.nodes:
-        template = env.get_template("master.yaml.j2" if node.is_master else "node.yaml.j2")
+        template = env.get_template(stack.node_templates[node.role])
         text = template.render(cluster=cluster, node=node, master=cluster.master)
         files[user_data_name(node.name)] = text.encode()
     base = {"cluster": cluster, "master": cluster.master}
-    files["network-environment"] = env.get_template("network-environment.j2").render(base).encode()
-    manifests = _environment(MANIFESTS)
-    for name in sorted(manifests.list_templates(filter_func=lambda n: n.endswith(".yaml"))):
+    for name, template_name in stack.cluster_templates.items():
+        files[name] = env.get_template(template_name).render(base).encode()
+    manifests = _environment(stack.manifests)
+    for name in stack.manifest_names():
         files[f"manifests/{name}"] = manifests.get_template(name).render(base).encode()
     files[DESCRIPTION] = (json.dumps(description(cluster), indent=2) + "\n").encode()
     return files
@@ -79,13 +80,13 @@ def write(out: Path, files: dict[str, bytes]) -> list[str]:
     return changed
 
 
-def render_all(config) -> tuple[Cluster, list[str], list[str]]:
-    """Check the configuration, then render files and PKI; for tasks and tests."""
+def render_all(project: Project) -> tuple[list[str], list[str]]:
+    """Render files and PKI into the output folder: (files changed, PKI files changed); for tasks and tests."""
     from tasks import pki
 
-    cluster = settings.build(config)
-    files = plan(cluster)  # may raise on a template error: before anything is written
-    out = settings.path(config, "output")
+    cluster = project.cluster
+    files = plan(project)  # may raise on a template error: before anything is written
+    out = project.output_dir
     want = pki.Want(cluster.master.ip, cluster.api_service_ip, cluster.domain)
     pki_dir = out / PKI_DIR
     pki_files = pki.plan(pki_dir, want)
@@ -94,10 +95,11 @@ def render_all(config) -> tuple[Cluster, list[str], list[str]]:
     pki_dir.chmod(0o700)
     pki.write(pki_dir, pki_files)
     changed = write(out, files)
-    return cluster, changed, [f"{PKI_DIR}/{n}" for n in sorted(pki_files)]
+    return changed, [f"{PKI_DIR}/{n}" for n in sorted(pki_files)]
 
 
 @task(help={"quiet": "Print nothing but errors."})
+@exits
 def render(c, quiet=False):
     """Render each node's cloud-config, the PKI and the cluster description.
 
@@ -105,39 +107,31 @@ def render(c, quiet=False):
     network-environment, manifests/, pki/, cluster.json. Re-running with the
     same configuration rewrites nothing.
     """
-    from tasks import pki, ui
+    from tasks import ui
 
+    project = settings.load(c)
     try:
-        cluster, changed, pki_changed = render_all(c.config)
-    except settings.ConfigError as err:
-        raise Exit(str(err), code=2) from None
-    except pki.PKIError as err:
-        raise Exit(str(err), code=1) from None
+        changed, pki_changed = render_all(project)
     except OSError as err:
-        raise Exit(f"render: cannot write {err.filename}: {err.strerror}", code=1) from None
+        raise StepError(f"render: cannot write {err.filename}: {err.strerror}") from None
     if quiet:
         return
-    out = settings.path(c.config, "output")
+    cluster = project.cluster
     rows = [(n.name, n.role, n.ip, user_data_name(n.name)) for n in cluster.nodes]
-    ui.table(f"Rendered into {out}", ("node", "role", "address", "files"), rows)
+    ui.table(f"Rendered into {project.output_dir}", ("node", "role", "address", "files"), rows)
     written = changed + pki_changed
     ui.say(f"{len(written)} file(s) written: {', '.join(written)}" if written
            else "Nothing changed: every file was already up to date.")
 
 
 @task(name="config")
+@exits
 def show_config(c):
-    """Check the configuration and print its effective values (after -f files, env vars)."""
+    """Check the configuration and print its effective values (after the stack, -f files, env vars)."""
     import yaml
 
-    def plain(value):  # Invoke's config proxies -> dicts and lists YAML can write
-        if hasattr(value, "items"):
-            return {k: plain(v) for k, v in value.items()}
-        return [plain(v) for v in value] if isinstance(value, list) else value
-
-    settings.cluster_from(c)
-    effective = {section: plain(c.config[section]) for section in settings.SCHEMA}
-    print(yaml.safe_dump(effective, sort_keys=False, width=120), end="")
+    project = settings.load(c)
+    print(yaml.safe_dump(project.values, sort_keys=False, width=120), end="")
 
 
 TASKS = (render, show_config)

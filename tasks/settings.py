@@ -1,22 +1,33 @@
-"""Configuration: check the values from invoke.yaml and build the cluster model.
+"""Configuration: invoke.yaml and the stack's defaults, checked once into a `Project`.
 
-Pure: takes the configuration mapping, returns a `Cluster` or raises
-`ConfigError` with a one-line message naming the key, the value and what is
-expected. `cluster_from(c)` turns that into `invoke.Exit` at task boundaries.
+Pure: `build(config)` takes the configuration mapping and returns the
+`Project` every step receives, or raises `ConfigError` with a one-line message
+naming the key, the value and what is expected. `load(c)` does the same for a
+task's context.
 """
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
+import string
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tasks import stack as stacks
+from tasks.errors import ConfigError, UsageError
+from tasks.stack import Stack
+
+__all__ = ["ConfigError", "Project", "Cluster", "Node", "Artifact", "build", "load"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Keys of every section of ours, with the type each value must have.
 # invoke.yaml gives the defaults; tests check the two list the same keys.
-SCHEMA = {
+SCHEMA: dict[str, dict[str, type]] = {
     "cluster": {
         "num_instances": int, "instance_name_prefix": str, "first_ip": str,
         "network": str, "provider": str, "hosts": list,
@@ -46,16 +57,14 @@ FRAMEWORK_KEYS = {
     "forward_agent", "gateway", "inline_ssh_env", "load_ssh_configs", "port",
     "ssh_config_path", "user",
 }
-PROVIDERS = ("vagrant", "hosts")
-LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+LOGIN = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}")
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+MODE = re.compile(r"[0-7]{3,4}")
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message is one line."""
-
-    def __init__(self, key: str, value, expected: str):
-        super().__init__(f"invalid configuration: {key} = {value!r}: expected {expected}")
-
+# -- the model -----------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Node:
@@ -110,47 +119,88 @@ class Cluster:
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise KeyError(name)
+        known = ", ".join(n.name for n in self.nodes)
+        raise UsageError(f"unknown node {name!r}: the nodes are {known}")
 
 
-def _get(config, section: str):
-    try:
-        return config[section]
-    except KeyError:
-        return {}
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    url: str          # where it is fetched: versions filled in, mirrors applied
+    upstream: str     # the same before mirrors: what the lock file records
+    dest: str         # folder on the nodes (`inv copy`)
+    mode: int
+    sha256: str       # pinned digest, lowercase, or ""
+    path: Path        # paths.downloads/<name>
+
+    @property
+    def target(self) -> str:
+        """Where it goes on the nodes."""
+        return f"{self.dest.rstrip('/')}/{self.name}"
 
 
-def check_keys(config) -> None:
-    """Reject a key that no section knows: most often a typo."""
-    for top in config:
-        if top not in SCHEMA and top not in FRAMEWORK_KEYS:
-            raise ConfigError(top, "...", f"one of the sections {', '.join(SCHEMA)}")
-    for section, keys in SCHEMA.items():
-        values = _get(config, section)
-        if not hasattr(values, "items"):
-            raise ConfigError(section, values, "a mapping of settings")
-        for key, value in values.items():
-            name = f"{section}.{key}"
-            if key not in keys:
-                raise ConfigError(name, value, f"a known key of {section}: {', '.join(keys)}")
-            _check_type(name, value, keys[key])
-    for i, entry in enumerate(_get(config, "cluster").get("hosts") or []):
-        _check_entry(f"cluster.hosts[{i}]", entry, HOST_KEYS)
-    for i, entry in enumerate(_get(config, "download").get("artifacts") or []):
-        _check_entry(f"download.artifacts[{i}]", entry, ARTIFACT_KEYS)
+@dataclass(frozen=True)
+class Downloads:
+    parallel: int
+    timeout: int
+    retries: int
+    lock_file: Path
+    mirrors: dict = field(hash=False)
+    artifacts: tuple[Artifact, ...] = ()
 
+
+@dataclass(frozen=True)
+class Addons:
+    manifests: tuple[str, ...]
+    timeout: int
+
+
+@dataclass(frozen=True)
+class Checks:
+    timeout: int
+    interval: int
+    api_url: str
+    ui_path: str
+
+
+@dataclass(frozen=True)
+class Project:
+    """Everything a step needs, checked: what `build` makes of the configuration."""
+
+    stack: Stack
+    cluster: Cluster
+    output_dir: Path
+    downloads_dir: Path
+    download: Downloads
+    addons: Addons
+    verify: Checks
+    values: dict = field(hash=False, repr=False)   # the effective settings, for `inv config`
+    ignored: tuple[str, ...] = ()                  # settings changed from the defaults that the provider ignores
+    ssh_timeout: int = 10
+    # The task's Invoke config: only to clone each node's Fabric config from (None for a plain mapping).
+    invoke_config: Any = field(default=None, hash=False, repr=False, compare=False)
+
+    def artifact(self, name: str) -> Artifact:
+        for artifact in self.download.artifacts:
+            if artifact.name == name:
+                return artifact
+        raise ConfigError("download.artifacts", f"[... no {name} ...]",
+                          f"an entry named {name}: it is needed on the nodes")
+
+
+# -- checks of single values ------------------------------------------------------
 
 def _check_type(name: str, value, kind: type) -> None:
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(name, value, "a whole number")
-    if kind is dict and not hasattr(value, "items"):
+    if kind is dict and not isinstance(value, dict):
         raise ConfigError(name, value, "a mapping")
     if kind in (str, list) and not isinstance(value, kind):
         raise ConfigError(name, value, "a list" if kind is list else "a string")
 
 
 def _check_entry(name: str, entry, keys: dict) -> None:
-    if not hasattr(entry, "items"):
+    if not isinstance(entry, dict):
         raise ConfigError(name, entry, f"a mapping with keys {', '.join(keys)}")
     for key, value in entry.items():
         if key not in keys:
@@ -178,57 +228,75 @@ def positive(name: str, value: int) -> int:
     return value
 
 
-def _hostname(name: str, value: str) -> str:
-    if not LABEL.match(value):
+def _not_negative(name: str, value: int) -> int:
+    if value < 0:
+        raise ConfigError(name, value, "a number of seconds, 0 or more")
+    return value
+
+
+def hostname(name: str, value: str) -> str:
+    if not LABEL.fullmatch(value):
         raise ConfigError(name, value, "a hostname: lowercase letters, digits and '-', at most 63")
     return value
 
 
-def _vagrant_nodes(cl: dict, network: ipaddress.IPv4Network) -> list[Node]:
-    count = positive("cluster.num_instances", cl["num_instances"])
-    prefix = cl["instance_name_prefix"]
-    first = _ipv4("cluster.first_ip", cl["first_ip"])
-    # Compared as numbers: listing the hosts of a /8 would take seconds and gigabytes.
-    if not network.network_address < first < network.broadcast_address:
-        raise ConfigError("cluster.first_ip", cl["first_ip"], f"a host address inside cluster.network {network}")
-    room = int(network.broadcast_address) - int(first)
-    if count > room:
-        raise ConfigError("cluster.num_instances", count,
-                          f"at most {room} nodes from {first} inside cluster.network {network}")
-    names = [f"{prefix}-{i:02d}" for i in range(1, count + 1)]
-    if not all(LABEL.match(n) for n in names):
-        raise ConfigError("cluster.instance_name_prefix", prefix,
-                          "a hostname prefix: lowercase letters, digits and '-'")
-    return [Node(name=n, ip=str(first + i), role="master" if i == 0 else "node", address=str(first + i))
-            for i, n in enumerate(names)]
+def is_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not any(c.isspace() for c in url)
 
 
-def _host_nodes(cl: dict) -> list[Node]:
-    entries = cl["hosts"]
-    if not entries:
-        raise ConfigError("cluster.hosts", entries, "at least one {name, address} entry when cluster.provider is hosts")
-    nodes, seen_names, seen_ips = [], set(), set()
-    for i, entry in enumerate(entries):
-        key = f"cluster.hosts[{i}]"
-        for required in ("name", "address"):
-            if not entry.get(required):
-                raise ConfigError(f"{key}.{required}", entry.get(required), "a non-empty string")
-        name = _hostname(f"{key}.name", entry["name"])
-        if name in seen_names:
-            raise ConfigError(f"{key}.name", name, "a name no other host has")
-        ip = entry.get("ip") or entry["address"]
-        _ipv4(f"{key}.ip" if entry.get("ip") else f"{key}.address", ip)
-        if ip in seen_ips:
-            raise ConfigError(f"{key}.ip", ip, "an address no other host has")
-        port = entry.get("port", 22)
-        if not 0 < port < 65536:
-            raise ConfigError(f"{key}.port", port, "a TCP port from 1 to 65535")
-        seen_names.add(name)
-        seen_ips.add(ip)
-        nodes.append(Node(name=name, ip=ip, role="master" if i == 0 else "node",
-                          address=entry["address"], port=port, user=entry.get("user", "core"),
-                          key_file=entry.get("key_file", "")))
-    return nodes
+def _image(name: str, value) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", value):
+        raise ConfigError(name, value, "a container image name like busybox:latest")
+    return value
+
+
+# -- the sections ---------------------------------------------------------------
+
+def check_keys(config: dict) -> None:
+    """Reject a key that no section knows (most often a typo), and values of the wrong type.
+
+    A null value is a key the chosen stack has no use for: `stacks.apply` has filled every other.
+    """
+    for top in config:
+        if top != "stack" and top not in SCHEMA and top not in FRAMEWORK_KEYS:
+            raise ConfigError(top, "...", f"one of the sections stack, {', '.join(SCHEMA)}")
+    for section, keys in SCHEMA.items():
+        values = config.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(section, values, "a mapping of settings")
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if key not in keys:
+                raise ConfigError(name, value, f"a known key of {section}: {', '.join(keys)}")
+            if value is not None:
+                _check_type(name, value, keys[key])
+        for key in keys:
+            if key not in values:
+                raise ConfigError(f"{section}.{key}", None, "a value (invoke.yaml gives every key one)")
+    for i, entry in enumerate(config["cluster"].get("hosts") or []):
+        _check_entry(f"cluster.hosts[{i}]", entry, HOST_KEYS)
+    for i, entry in enumerate(config["download"].get("artifacts") or []):
+        _check_entry(f"download.artifacts[{i}]", entry, ARTIFACT_KEYS)
+
+
+def _from_environment(config: dict) -> dict:
+    """List and mapping settings given as text (an INVOKE_* variable over a null default) read as YAML."""
+    import yaml
+
+    for section, keys in SCHEMA.items():
+        values = config.get(section)
+        if not isinstance(values, dict):
+            continue
+        for key, kind in keys.items():
+            value = values.get(key)
+            if kind in (list, dict) and isinstance(value, str):
+                try:
+                    values[key] = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    raise ConfigError(f"{section}.{key}", value, f"a YAML {'list' if kind is list else 'mapping'}") \
+                        from None
+    return config
 
 
 def _apart(services, pool, network, nodes: list[Node]) -> None:
@@ -245,17 +313,16 @@ def _apart(services, pool, network, nodes: list[Node]) -> None:
                 raise ConfigError(key, str(value), f"a network that does not contain node {node.name}'s address {node.ip}")
 
 
-def build(config) -> Cluster:
-    """Check every value and return the cluster model; raises ConfigError."""
-    check_keys(config)
+def _cluster(config: dict) -> Cluster:
+    from tasks import providers
+
     cl, vm, k8s = config["cluster"], config["vm"], config["kubernetes"]
-    if cl["provider"] not in PROVIDERS:
-        raise ConfigError("cluster.provider", cl["provider"], f"one of {', '.join(PROVIDERS)}")
+    if cl["provider"] not in providers.PROVIDERS:
+        raise ConfigError("cluster.provider", cl["provider"], f"one of {', '.join(providers.PROVIDERS)}")
+    provider = providers.PROVIDERS[cl["provider"]]
     network = _net("cluster.network", cl["network"])
-    if cl["provider"] == "vagrant":
-        nodes = _vagrant_nodes(cl, network)
-    else:
-        nodes = _host_nodes(cl)
+    positive("cluster.ssh_timeout", cl["ssh_timeout"])
+    nodes = provider.nodes(cl, network)
     services = _net("kubernetes.service_range", k8s["service_range"])
     if services.num_addresses < 4:
         raise ConfigError("kubernetes.service_range", k8s["service_range"], "a network of at least 4 addresses")
@@ -264,57 +331,175 @@ def build(config) -> Cluster:
         raise ConfigError("kubernetes.dns_ip", k8s["dns_ip"],
                           f"an address inside kubernetes.service_range {services} other than {services[1]}")
     domain = k8s["domain"]
-    if not domain or not all(LABEL.match(part) for part in domain.split(".")):
+    if not domain or not all(LABEL.fullmatch(part) for part in domain.split(".")):
         raise ConfigError("kubernetes.domain", domain, "a DNS domain like cluster.local")
     pool = _net("calico.pool", config["calico"]["pool"])
-    _apart(services, pool, network if cl["provider"] == "vagrant" else None, nodes)
-    positive("verify.interval", config["verify"]["interval"])
-    for section in ("addons", "verify"):
-        if config[section]["timeout"] < 0:
-            raise ConfigError(f"{section}.timeout", config[section]["timeout"], "a number of seconds, 0 or more")
+    _apart(services, pool, network if provider.owns_network else None, nodes)
     positive("vm.memory", vm["memory"])
     positive("vm.cpus", vm["cpus"])
     zones = zoneinfo.available_timezones()
     if zones and vm["timezone"] not in zones:
         raise ConfigError("vm.timezone", vm["timezone"], "a time zone name like Asia/Shanghai")
-    for i, image in enumerate(vm["images"]):
-        if not isinstance(image, str) or not image or " " in image:
-            raise ConfigError(f"vm.images[{i}]", image, "a docker image name like busybox:latest")
-    if not vm["box"]:
+    for i, image in enumerate(vm["images"] or []):
+        _image(f"vm.images[{i}]", image)
+    if vm["box"] is not None and not vm["box"]:
         raise ConfigError("vm.box", vm["box"], "a Vagrant box name")
+    if vm["box_url"] and not is_http(vm["box_url"]):
+        raise ConfigError("vm.box_url", vm["box_url"], "an http(s) URL of the box, or empty")
     for key, value in config["versions"].items():
-        if not value:
+        if value is not None and not value:
             raise ConfigError(f"versions.{key}", value, "a non-empty version")
-    if not cl["user_data_path"].startswith("/"):
+    if cl["user_data_path"] is not None and not cl["user_data_path"].startswith("/"):
         raise ConfigError("cluster.user_data_path", cl["user_data_path"],
                           "an absolute path like /var/lib/coreos-vagrant/vagrantfile-user-data")
-    if not k8s["pause_image"]:
-        raise ConfigError("kubernetes.pause_image", k8s["pause_image"], "a docker image name")
+    if k8s["pause_image"] is not None:
+        _image("kubernetes.pause_image", k8s["pause_image"])
+    versions = {k: v for k, v in config["versions"].items() if v is not None}
     return Cluster(
         nodes=tuple(nodes), provider=cl["provider"], network=str(network),
         service_range=str(services), dns_ip=str(dns), domain=domain,
-        pause_image=k8s["pause_image"], pool=str(pool), versions=dict(config["versions"]),
-        vm=dict(vm, images=list(vm["images"])), user_data_path=cl["user_data_path"],
-        activate_command=cl["activate_command"],
+        pause_image=k8s["pause_image"] or "", pool=str(pool), versions=versions,
+        vm=dict(vm, images=list(vm["images"] or [])), user_data_path=cl["user_data_path"] or "",
+        activate_command=cl["activate_command"] or "",
     )
 
 
-def path(config, key: str) -> Path:
-    """A `paths.*` value as an absolute path; relative ones start at the project folder."""
-    return resolve(config["paths"][key])
+def _fill(key: str, url: str, versions: dict) -> str:
+    """`url` with its {version} placeholders filled in; ConfigError names any other."""
+    names = ", ".join("{%s}" % v for v in versions)
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(url) if f is not None]
+    except ValueError:
+        fields = [("", "", None)]
+    if any(f not in versions or spec or conv for f, spec, conv in fields):
+        raise ConfigError(key, url, f"an http(s) URL whose placeholders are among {names}")
+    filled = url.format(**versions)
+    if not is_http(filled):
+        raise ConfigError(key, url, "an http:// or https:// URL")
+    return filled
+
+
+def check_mirrors(mirrors: dict) -> dict[str, str]:
+    for prefix, replacement in mirrors.items():
+        key = f"download.mirrors[{prefix!r}]"
+        if not isinstance(prefix, str) or not is_http(prefix):
+            raise ConfigError(key, prefix, "a URL prefix to replace, like https://storage.googleapis.com/")
+        if not isinstance(replacement, str) or not is_http(replacement):
+            raise ConfigError(key, replacement, "a replacement URL prefix starting with http:// or https://")
+    return dict(mirrors)
+
+
+def mirror(url: str, mirrors: dict[str, str]) -> str:
+    """`url` with the longest prefix listed in `mirrors` replaced."""
+    prefix = max((p for p in mirrors if url.startswith(p)), key=len, default=None)
+    return url if prefix is None else mirrors[prefix] + url[len(prefix):]
+
+
+def _downloads(config: dict, folder: Path) -> Downloads:
+    dl = config["download"]
+    for key in ("parallel", "timeout", "retries"):
+        positive(f"download.{key}", dl[key])
+    if not dl["lock_file"]:
+        raise ConfigError("download.lock_file", dl["lock_file"], "a file path like downloads.lock")
+    mirrors = check_mirrors(dl["mirrors"])
+    versions = {k: v for k, v in config["versions"].items() if v is not None}
+    found: list[Artifact] = []
+    for i, entry in enumerate(dl["artifacts"]):
+        key = f"download.artifacts[{i}]"
+        name = entry.get("name", "")
+        if not FILE_NAME.fullmatch(name):
+            raise ConfigError(f"{key}.name", name, "a file name of letters, digits, '.', '_', '+' and '-'")
+        if any(a.name == name for a in found):
+            raise ConfigError(f"{key}.name", name, "a name no other artifact has")
+        upstream = _fill(f"{key}.url", entry.get("url", ""), versions)
+        dest = entry.get("dest", "/opt/bin")
+        if not dest.startswith("/"):
+            raise ConfigError(f"{key}.dest", dest, "an absolute folder like /opt/bin")
+        mode = entry.get("mode", "0755")
+        if not MODE.fullmatch(mode):
+            raise ConfigError(f"{key}.mode", mode, "an octal file mode like 0755")
+        pin = entry.get("sha256", "")
+        if pin and not HEX64.fullmatch(pin):
+            raise ConfigError(f"{key}.sha256", pin, "64 hexadecimal digits, or empty to rely on the lock file")
+        found.append(Artifact(name=name, url=mirror(upstream, mirrors), upstream=upstream, dest=dest,
+                              mode=int(mode, 8), sha256=pin.lower(), path=folder / name))
+    return Downloads(parallel=dl["parallel"], timeout=dl["timeout"], retries=dl["retries"],
+                     lock_file=resolve(dl["lock_file"]), mirrors=mirrors, artifacts=tuple(found))
+
+
+def _addons(config: dict, stack: Stack) -> Addons:
+    known = stack.manifest_names()
+    for i, name in enumerate(config["addons"]["manifests"]):
+        if name not in known:
+            raise ConfigError(f"addons.manifests[{i}]", name, f"one of {', '.join(known)} (in {stack.manifests})")
+    return Addons(tuple(config["addons"]["manifests"]), _not_negative("addons.timeout", config["addons"]["timeout"]))
+
+
+def _checks(config: dict) -> Checks:
+    v = config["verify"]
+    if not is_http(v["api_url"]):
+        raise ConfigError("verify.api_url", v["api_url"], "an http(s) URL of the API server as seen on the master")
+    if not re.fullmatch(r"/[A-Za-z0-9._~/%-]*", v["ui_path"]):
+        raise ConfigError("verify.ui_path", v["ui_path"], "a URL path starting with /")
+    return Checks(_not_negative("verify.timeout", v["timeout"]), positive("verify.interval", v["interval"]),
+                  v["api_url"], v["ui_path"])
+
+
+def _paths(config: dict) -> tuple[Path, Path]:
+    found = []
+    for key in ("output", "downloads"):
+        if not config["paths"][key]:
+            raise ConfigError(f"paths.{key}", config["paths"][key], "a folder")
+        found.append(resolve(config["paths"][key]))
+    return found[0], found[1]
+
+
+def plain(value):
+    """Invoke's config proxies as plain dicts and lists (copies)."""
+    if hasattr(value, "items"):
+        return {k: plain(v) for k, v in value.items()}
+    return [plain(v) for v in value] if isinstance(value, list) else copy.deepcopy(value)
+
+
+def build(config, invoke_config=None) -> Project:
+    """Check every value and return the project; raises ConfigError."""
+    raw = plain(config)
+    stack = stacks.load(raw.get("stack", "seed"))
+    values = _from_environment(stacks.apply(stack, raw))
+    check_keys(values)
+    output, downloads = _paths(values)
+    cluster = _cluster(values)
+    effective = {"stack": stack.name}
+    for section in SCHEMA:
+        effective[section] = {k: v for k, v in values[section].items() if v is not None}
+    return Project(stack=stack, cluster=cluster, output_dir=output, downloads_dir=downloads,
+                   download=_downloads(values, downloads), addons=_addons(values, stack),
+                   verify=_checks(values), values=effective, ignored=_ignored(values, stack, cluster.provider),
+                   ssh_timeout=values["cluster"]["ssh_timeout"], invoke_config=invoke_config)
+
+
+def _ignored(values: dict, stack: Stack, provider: str) -> tuple[str, ...]:
+    """The settings the provider has no use for that differ from invoke.yaml's and the stack's defaults."""
+    import yaml
+
+    from tasks import providers
+
+    stock = stacks.apply(stack, yaml.safe_load((ROOT / "invoke.yaml").read_text()))
+    return tuple(key for key in providers.PROVIDERS[provider].ignores
+                 if values[key.split(".")[0]][key.split(".")[1]] != stock[key.split(".")[0]][key.split(".")[1]])
+
+
+def load(c) -> Project:
+    """The project of a task's context (raises ConfigError); says once which settings the provider ignores."""
+    from tasks import ui
+
+    project = build(c.config, c.config)
+    if project.ignored:
+        ui.note_once(f"cluster.provider {project.cluster.provider} ignores {', '.join(project.ignored)}")
+    return project
 
 
 def resolve(value: str) -> Path:
     """A configured path as an absolute one; relative ones start at the project folder."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else ROOT / p
-
-
-def cluster_from(c) -> Cluster:
-    """The cluster of a task's context, or `invoke.Exit` with the one-line reason."""
-    from invoke import Exit
-
-    try:
-        return build(c.config)
-    except ConfigError as err:
-        raise Exit(str(err), code=2) from None

@@ -51,5 +51,15 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+_NOTED: set[str] = set()
+
+
+def note_once(message: str) -> None:
+    """A note on stderr, said once per run even when several tasks run (`inv render up ...`)."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        progress(f"note: {message}")
+
+
 def say(message: str) -> None:
     print(message, flush=True)

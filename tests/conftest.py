@@ -20,7 +20,24 @@ def seed_file(*parts: str):
     if not path.exists():
         pytest.skip(f"{path} is not there: the seed procedure must sit beside this checkout")
     return path
+
+
 DEFAULTS = yaml.safe_load((ROOT / "invoke.yaml").read_text())
+# What the seed stack fills in where invoke.yaml leaves a key to the stack.
+SEED_DEFAULTS = yaml.safe_load((ROOT / "tasks" / "stacks" / "seed.yaml").read_text())["defaults"]
+ARTIFACTS = SEED_DEFAULTS["download"]["artifacts"]
+
+
+def project(config: dict):
+    """The checked project of a configuration mapping, as a task builds it."""
+    from tasks import settings
+
+    return settings.build(config)
+
+
+def artifacts(config: dict) -> list:
+    """The configuration's artifacts, checked, with their final URLs."""
+    return list(project(config).download.artifacts)
 
 
 def make_config(tmp_path: Path, **sections) -> dict:

@@ -18,7 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from conftest import run_inv
+from conftest import project, run_inv
 
 from tasks import render, settings
 
@@ -28,11 +28,11 @@ UI_PATH = "/api/v1/proxy/namespaces/kube-system/services/kube-ui/"
 
 def prepare(config: dict) -> None:
     """Rendered output, and downloads where kubectl and calicoctl are the stand-ins."""
-    render.render_all(config)
-    downloads = settings.path(config, "downloads")
+    render.render_all(project(config))
+    downloads = project(config).downloads_dir
     downloads.mkdir(parents=True, exist_ok=True)
-    for artifact in config["download"]["artifacts"]:
-        name = artifact["name"]
+    for artifact in project(config).download.artifacts:
+        name = artifact.name
         if (STANDINS / name).exists():
             shutil.copyfile(STANDINS / name, downloads / name)
         else:
@@ -66,7 +66,7 @@ class Scenario:
 
     def __init__(self, nodes, config: dict):
         self.nodes = nodes
-        cluster = settings.build(config)
+        cluster = project(config).cluster
         self.ips = {n.name: n.ip for n in cluster.nodes}
         self.master = cluster.master.name
         self.kubernetes = {

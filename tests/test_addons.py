@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_config, run_inv
+from conftest import ARTIFACTS, make_config, project, run_inv
 from standin_cluster import Scenario, forget_objects, install, prepare
 
-from tasks import addons, render
+from tasks import addons, kube, render
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,7 @@ def test_addons_waits_for_an_api_server_that_is_starting(ssh_cluster, installed,
 @pytest.mark.timeout(120)  # a regression would ask again for the 600 s below
 def test_an_error_that_never_heals_is_not_asked_again(ssh_cluster, installed, scenario, tmp_path):
     config = json.loads(json.dumps(installed))
+    config["download"]["artifacts"] = json.loads(json.dumps(ARTIFACTS))
     for artifact in config["download"]["artifacts"]:
         if artifact["name"] == "kubectl":
             artifact["dest"] = "/opt/elsewhere"
@@ -149,7 +150,8 @@ def test_bad_timeout_and_unknown_manifest_are_one_line_errors(installed, tmp_pat
     config = dict(installed, addons={"manifests": ["skydns.yaml", "dashboard.yaml"], "timeout": 5})
     done = run_inv(tmp_path, "addons", config=config)
     assert done.returncode == 2
-    assert done.stderr.strip().startswith("addons.manifests lists 'dashboard.yaml', which is not in manifests/")
+    assert done.stderr.strip().startswith("invalid configuration: addons.manifests[1] = 'dashboard.yaml': "
+                                          "expected one of busybox.yaml, kube-ui-rc.yaml")
 
 
 # -- pure parts ----------------------------------------------------------------
@@ -174,8 +176,8 @@ def test_create_outcome_keeps_other_errors_next_to_existing_ones():
 
 def test_workloads_follow_the_manifests(tmp_path):
     config = make_config(tmp_path)
-    render.render_all(config)
-    found = addons.workloads(config, ["skydns.yaml", "kube-ui-rc.yaml", "kube-ui-svc.yaml", "busybox.yaml"])
+    render.render_all(project(config))
+    found = kube.workloads(project(config))
     assert [(w.namespace, w.name, w.kind) for w in found] == [
         ("kube-system", "kube-dns-v9", "ReplicationController"),
         ("kube-system", "kube-ui-v5", "ReplicationController"),

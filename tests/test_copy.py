@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_inv, run_inv_on_terminal
+from conftest import ARTIFACTS, SEED_DEFAULTS, project, run_inv, run_inv_on_terminal
 
 from tasks import copy, pki, render, settings
 
@@ -27,10 +27,10 @@ def prepared(ssh_cluster, tmp_path_factory):
     """Rendered output and stand-in downloads, made once for the module."""
     base = tmp_path_factory.mktemp("copy")
     config = ssh_cluster.make_config(base)
-    render.render_all(config)
-    downloads = settings.path(config, "downloads")
+    render.render_all(project(config))
+    downloads = project(config).downloads_dir
     downloads.mkdir()
-    for i, artifact in enumerate(config["download"]["artifacts"]):
+    for i, artifact in enumerate(ARTIFACTS):
         (downloads / artifact["name"]).write_bytes(os.urandom(2000 + i))
     return base
 
@@ -40,6 +40,7 @@ def cfg(ssh_nodes, prepared):
     config = ssh_nodes.config
     config["paths"] = {"output": str(prepared / "out"), "downloads": str(prepared / "downloads")}
     config["cluster"]["activate_command"] = ACTIVATE
+    config["cluster"]["user_data_path"] = SEED_DEFAULTS["cluster"]["user_data_path"]
     return config
 
 
@@ -47,7 +48,7 @@ def expected(config, node: str) -> dict[str, tuple[Path | None, int, str]]:
     """node path -> (source, mode, owner) of everything `node` must get."""
     out, downloads = Path(config["paths"]["output"]), Path(config["paths"]["downloads"])
     files = {f"{a['dest']}/{a['name']}": (downloads / a["name"], 0o755, "root")
-             for a in config["download"]["artifacts"]}
+             for a in ARTIFACTS}
     files["/opt/kubernetes/manifests"] = (None, 0o755, "root")
     for name in pki.NODE_FILES:
         files[f"/srv/kubernetes/{name}"] = (out / "pki" / name, 0o600 if name.endswith(".key") else 0o644, "root")
@@ -199,7 +200,7 @@ def test_a_failed_install_stops_before_the_cloud_config(ssh_nodes, cfg, tmp_path
 def test_a_missing_addon_manifest_says_run_render(ssh_nodes, cfg, tmp_path):
     """The manifests `inv addons` will create must all be there, not just some file in the folder."""
     cfg["paths"]["output"] = str(tmp_path / "out")  # not the module's shared output
-    render.render_all(cfg)
+    render.render_all(project(cfg))
     (tmp_path / "out" / "manifests" / "busybox.yaml").unlink()
     done = run_inv(tmp_path, "copy", config=cfg)
     assert done.returncode == 1
@@ -235,8 +236,8 @@ def test_a_relative_user_data_path_is_refused_before_any_node_is_touched(ssh_nod
 
 
 def test_plan_puts_the_cloud_config_last_and_manifests_only_on_the_master(cfg):
-    cluster = settings.build(cfg)
-    wanted = copy.plan(cfg, cluster)
+    cluster = project(cfg).cluster
+    wanted = copy.plan(project(cfg))
     for node in cluster.nodes:
         assert wanted[node.name][-1].target == cfg["cluster"]["user_data_path"]
         assert {i.target for i in wanted[node.name]} == {

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULTS, make_config, run_inv, run_inv_on_terminal
+from conftest import ARTIFACTS, DEFAULTS, artifacts, make_config, project, run_inv, run_inv_on_terminal
 from tasks import download
 from tasks.settings import ConfigError
 
@@ -182,7 +182,7 @@ def server():
 
 def mirrored(tmp_path, srv: FileServer, **download_keys) -> dict:
     """The default configuration, its two upstream hosts mirrored to `srv`, everything in tmp_path."""
-    artifacts = [dict(a, sha256="") for a in DEFAULTS["download"]["artifacts"]]
+    artifacts = [dict(a, sha256="") for a in ARTIFACTS]
     keys = {"lock_file": str(tmp_path / "downloads.lock"), "timeout": 2, "retries": 3,
             "artifacts": artifacts,
             "mirrors": {"https://storage.googleapis.com/": srv.base + "/", "https://github.com/": srv.base + "/"}}
@@ -193,14 +193,14 @@ def mirrored(tmp_path, srv: FileServer, **download_keys) -> dict:
 def publish(srv: FileServer, config: dict, size: int = 40_000) -> dict[str, bytes]:
     """Generated contents for every configured artifact, served at its mirrored path."""
     contents = {}
-    for art in download.artifacts(config):
+    for art in artifacts(config):
         contents[art.name] = blob(art.name + art.upstream, size)
         srv.files[url_path(art.url)] = contents[art.name]
     return contents
 
 
 def fetch(config, **kwargs) -> download.Outcome:
-    return download.fetch_all(config, backoff=0.01, **kwargs)
+    return download.fetch_all(project(config), backoff=0.01, **kwargs)
 
 
 def failures(outcome) -> dict[str, str]:
@@ -218,7 +218,7 @@ def assert_placed(config, contents: dict[str, bytes]) -> None:
 # --- configuration (pure) -----------------------------------------------------
 
 def test_default_artifacts_are_the_seeds_binaries_over_https(config):
-    arts = {a.name: a for a in download.artifacts(config)}
+    arts = {a.name: a for a in artifacts(config)}
     assert list(arts) == ["kubectl", "kubelet", "kube-proxy", "kube-apiserver", "kube-controller-manager",
                           "kube-scheduler", "calicoctl", "calico", "calico-ipam", "setup-network-environment"]
     assert arts["kubelet"].url == ("https://storage.googleapis.com/kubernetes-release/release/v1.1.7/"
@@ -237,7 +237,7 @@ def test_default_artifacts_are_the_seeds_binaries_over_https(config):
 
 def test_versions_change_the_urls(tmp_path):
     config = make_config(tmp_path, versions={"kubernetes": "v1.2.0", "calico_cni": "v1.1.0"})
-    arts = {a.name: a for a in download.artifacts(config)}
+    arts = {a.name: a for a in artifacts(config)}
     assert "/release/v1.2.0/bin/" in arts["kubectl"].url
     assert "/download/v1.1.0/calico" in arts["calico"].url
 
@@ -246,7 +246,7 @@ def test_mirrors_replace_the_longest_matching_prefix(tmp_path):
     mirrors = {"https://github.com/": "https://gh.example/",
                "https://github.com/projectcalico/": "https://calico.example/m/",
                "https://storage.googleapis.com/": "https://mirror.example/k8s/"}
-    arts = {a.name: a for a in download.artifacts(make_config(tmp_path, download={"mirrors": mirrors}))}
+    arts = {a.name: a for a in artifacts(make_config(tmp_path, download={"mirrors": mirrors}))}
     assert arts["kubectl"].url == "https://mirror.example/k8s/kubernetes-release/release/v1.1.7/bin/linux/amd64/kubectl"
     assert arts["calico"].url == "https://calico.example/m/calico-cni/releases/download/v1.0.0/calico"
     assert arts["setup-network-environment"].url.startswith("https://gh.example/kelseyhightower/")
@@ -254,7 +254,7 @@ def test_mirrors_replace_the_longest_matching_prefix(tmp_path):
 
 
 def bad_artifact(index: int, **changes) -> dict:
-    arts = [dict(a) for a in DEFAULTS["download"]["artifacts"]]
+    arts = [dict(a) for a in ARTIFACTS]
     arts[index].update(changes)
     return {"artifacts": arts}
 
@@ -278,7 +278,7 @@ def bad_artifact(index: int, **changes) -> dict:
 ])
 def test_bad_configuration_is_one_line_naming_the_key(tmp_path, keys, message):
     with pytest.raises(ConfigError) as err:
-        download.artifacts(make_config(tmp_path, download=keys))
+        artifacts(make_config(tmp_path, download=keys))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -303,7 +303,7 @@ def test_digest_files_are_parsed_in_both_published_forms():
 
 
 def test_only_names_must_exist(config):
-    every = download.artifacts(config)
+    every = artifacts(config)
     assert [a.name for a in download.select(every, ["calico", "kubectl"])] == ["kubectl", "calico"]
     with pytest.raises(ConfigError, match=r"--only = 'kubctl': expected an artifact name"):
         download.select(every, ["kubctl"])
@@ -318,7 +318,7 @@ def test_fresh_download_places_verified_executables_and_writes_the_lock(tmp_path
     assert not outcome.failed and len(outcome.downloaded) == 10 and outcome.lock_changed
     assert_placed(config, contents)
     lock = download.read_lock(tmp_path / "downloads.lock")
-    assert lock["kubectl"] == download.Locked(sha(contents["kubectl"]), download.artifacts(config)[0].upstream)
+    assert lock["kubectl"] == download.Locked(sha(contents["kubectl"]), artifacts(config)[0].upstream)
     assert lock["kubectl"].url.startswith("https://storage.googleapis.com/")  # the lock is mirror-independent
     assert len(lock) == 10
     # Connections are reused: 10 files and 30 digest-file look-ups over one connection per worker
@@ -365,7 +365,7 @@ def test_a_locally_changed_file_is_downloaded_again(tmp_path, server):
 def test_github_redirects_are_followed(tmp_path, server):
     config = mirrored(tmp_path, server)
     contents = publish(server, config)
-    for art in download.artifacts(config):
+    for art in artifacts(config):
         if "/releases/download/" in art.url:
             target = "/objects/" + art.name
             server.files[target] = server.files.pop(url_path(art.url))
@@ -386,10 +386,10 @@ def test_a_body_cut_short_is_resumed_with_range(tmp_path, server):
 
 
 def test_a_partial_file_from_an_interrupted_run_is_resumed(tmp_path, server):
-    config = mirrored(tmp_path, server, artifacts=[DEFAULTS["download"]["artifacts"][0]])
+    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]])
     contents = publish(server, config)
     (tmp_path / "downloads").mkdir()
-    art = download.artifacts(config)[0]
+    art = artifacts(config)[0]
     download.part_path(art).write_bytes(contents["kubectl"][:12_345])
     stale = art.path.with_name("kubectl.0123abcd.part")  # left by another version's URL
     stale.write_bytes(b"old")
@@ -399,7 +399,7 @@ def test_a_partial_file_from_an_interrupted_run_is_resumed(tmp_path, server):
 
 
 def test_a_server_that_ignores_range_restarts_the_file(tmp_path, server):
-    config = mirrored(tmp_path, server, artifacts=[DEFAULTS["download"]["artifacts"][0]])
+    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]])
     contents = publish(server, config)
     server.hook(K8S + "kubectl", ("cut", 10_000), ("norange",))
     assert not fetch(config).failed
@@ -500,7 +500,7 @@ def test_a_new_version_is_downloaded_and_relocked(tmp_path, server):
     ({".md5": lambda d: "0" * 32}, False),
 ])
 def test_published_digest_files_are_checked(tmp_path, server, published, ok):
-    config = mirrored(tmp_path, server, artifacts=[DEFAULTS["download"]["artifacts"][0]])
+    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]])
     contents = publish(server, config)
     for suffix, make in published.items():
         server.files[K8S + "kubectl" + suffix] = make(contents["kubectl"]).encode()
@@ -516,7 +516,7 @@ def test_published_digest_files_are_checked(tmp_path, server, published, ok):
 
 
 def test_a_digest_file_that_arrives_after_the_body_is_still_checked(tmp_path, server):
-    config = mirrored(tmp_path, server, artifacts=[DEFAULTS["download"]["artifacts"][0]])
+    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]])
     contents = publish(server, config)
     server.files[K8S + "kubectl.md5"] = hashlib.md5(b"other bytes").hexdigest().encode()
     server.hook(K8S + "kubectl.sha256", ("delay", 0.3))
@@ -539,7 +539,7 @@ def test_a_server_that_stays_silent_times_out_and_a_retry_succeeds(tmp_path, ser
 
 def test_a_server_that_never_answers_fails_with_a_timeout(tmp_path, server):
     config = mirrored(tmp_path, server, timeout=1, retries=2,
-                      artifacts=DEFAULTS["download"]["artifacts"][:2])
+                      artifacts=ARTIFACTS[:2])
     publish(server, config)
     server.hook(K8S + "kubelet", ("delay", 1.5), ("delay", 1.5))
     outcome = fetch(config)
@@ -548,7 +548,7 @@ def test_a_server_that_never_answers_fails_with_a_timeout(tmp_path, server):
 
 
 def test_a_closed_port_is_a_connection_failure(tmp_path, server):
-    config = mirrored(tmp_path, server, retries=1, artifacts=DEFAULTS["download"]["artifacts"][:1])
+    config = mirrored(tmp_path, server, retries=1, artifacts=ARTIFACTS[:1])
     server.__exit__()
     outcome = fetch(config)
     assert failures(outcome) == {"kubectl": "connection failed: Connection refused"}
@@ -558,7 +558,7 @@ def test_check_reports_status_and_size_without_downloading(tmp_path, server):
     config = mirrored(tmp_path, server)
     contents = publish(server, config, size=5000)
     del server.files[K8S + "kube-scheduler"]
-    rows = {art.name: (status, size) for art, status, size in download.check_all(config)}
+    rows = {art.name: (status, size) for art, status, size in download.check_all(project(config))}
     assert rows["kubectl"] == ("200 OK", len(contents["kubectl"]))
     assert rows["kube-scheduler"] == ("404 Not Found", 0)
     assert {m for m, _, _ in server.log} == {"HEAD"}
@@ -567,16 +567,16 @@ def test_check_reports_status_and_size_without_downloading(tmp_path, server):
 
 @pytest.mark.parametrize("refusal", [405, 501])  # 501 Not Implemented is final, not a 5xx to retry
 def test_check_falls_back_to_get_when_head_is_refused(tmp_path, server, refusal):
-    config = mirrored(tmp_path, server, artifacts=DEFAULTS["download"]["artifacts"][:1])
+    config = mirrored(tmp_path, server, artifacts=ARTIFACTS[:1])
     publish(server, config, size=5000)
     server.hook(K8S + "kubectl", ("status", refusal))
-    [(art, status, size)] = download.check_all(config)
+    [(art, status, size)] = download.check_all(project(config))
     assert status == "200 OK" and size > 5000
     assert [m for m, _, _ in server.log] == ["HEAD", "GET"]
 
 
 def test_mode_and_only_are_honoured(tmp_path, server):
-    arts = [dict(a, sha256="") for a in DEFAULTS["download"]["artifacts"]]
+    arts = [dict(a, sha256="") for a in ARTIFACTS]
     arts[7]["mode"] = "0644"
     config = mirrored(tmp_path, server, artifacts=arts)
     publish(server, config)
@@ -665,7 +665,7 @@ class Interrupt(download.Quiet):
 
 
 def test_interrupted_download_records_what_was_verified(tmp_path, server):
-    arts = [dict(a, sha256="") for a in DEFAULTS["download"]["artifacts"][:3]]
+    arts = [dict(a, sha256="") for a in ARTIFACTS[:3]]
     config = mirrored(tmp_path, server, artifacts=arts)
     publish(server, config)
     with pytest.raises(KeyboardInterrupt):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_inv
+from conftest import ARTIFACTS, artifacts, project, run_inv
 from standin_cluster import STANDINS, Scenario, UIServer, give_state_folders
 from test_download import FileServer, url_path
 
@@ -20,7 +20,7 @@ from tasks import download
 
 
 def serve_artifacts(srv: FileServer, config: dict) -> None:
-    for artifact in download.artifacts(config):
+    for artifact in artifacts(config):
         stand_in = STANDINS / artifact.name
         srv.files[url_path(artifact.upstream)] = (stand_in.read_bytes() if stand_in.exists()
                                                   else f"generated {artifact.name}\n".encode() * 1000)
@@ -28,7 +28,7 @@ def serve_artifacts(srv: FileServer, config: dict) -> None:
 
 def test_the_whole_procedure_in_one_command(ssh_nodes, tmp_path):
     with FileServer() as srv, UIServer() as ui:
-        artifacts = [dict(a, sha256="") for a in ssh_nodes.config["download"]["artifacts"]]
+        artifacts = [dict(a, sha256="") for a in ARTIFACTS]
         config = ssh_nodes.make_config(tmp_path, verify={"interval": 1, "api_url": ui.url}, download={
             "artifacts": artifacts, "lock_file": str(tmp_path / "downloads.lock"),
             "mirrors": {"https://storage.googleapis.com/": srv.base + "/", "https://github.com/": srv.base + "/"}})

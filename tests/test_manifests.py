@@ -9,12 +9,13 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import make_config, seed_file
+from conftest import SEED_DEFAULTS, make_config, project, seed_file
 
-from tasks import render, settings
+from tasks import render, stack
+
 
 def manifests(config) -> dict[str, list[dict]]:
-    files = render.plan(settings.build(config))
+    files = render.plan(project(config))
     return {name.split("/", 1)[1]: [d for d in yaml.safe_load_all(text) if d]
             for name, text in files.items() if name.startswith("manifests/")}
 
@@ -35,12 +36,14 @@ def test_default_manifests_are_the_seeds_objects(tmp_path):
 
 def test_addons_create_every_manifest_namespace_first(tmp_path):
     config = make_config(tmp_path)
-    assert sorted(config["addons"]["manifests"]) == sorted(manifests(config))
-    first = manifests(config)[config["addons"]["manifests"][0]][0]
+    order = project(config).addons.manifests
+    assert order == tuple(SEED_DEFAULTS["addons"]["manifests"])
+    assert sorted(order) == sorted(manifests(config))
+    first = manifests(config)[order[0]][0]
     assert (first["kind"], first["metadata"]["name"]) == ("Namespace", "kube-system")
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in render.MANIFESTS.glob("*.yaml")))
+@pytest.mark.parametrize("name", stack.load("seed").manifest_names())
 def test_rendered_manifests_are_valid_kubernetes(tmp_path, name):
     for doc in manifests(make_config(tmp_path))[name]:
         kubernetes_validate.validate(doc, "1.25", strict=True)
@@ -64,5 +67,5 @@ def test_dns_address_and_domain_follow_the_configuration(tmp_path):
     assert "-domain=k8s.example." in container(docs, "kube-dns-v9", "skydns")["args"]
     assert "-cmd=nslookup kubernetes.default.svc.k8s.example localhost >/dev/null" in \
         container(docs, "kube-dns-v9", "healthz")["args"]
-    text = render.plan(settings.build(config))["manifests/skydns.yaml"].decode()
+    text = render.plan(project(config))["manifests/skydns.yaml"].decode()
     assert "cluster.local" not in text and "10.100.0.10" not in text

@@ -13,9 +13,11 @@ import time
 
 import invoke
 import pytest
-from conftest import make_config
+from conftest import make_config, project
 
-from tasks import nodes, settings
+from tasks import nodes, providers, settings
+from tasks.errors import StepError
+from tasks.nodes import Nodes, NodesFailed
 
 # `vagrant ssh-config calico-01 calico-02` as Vagrant 2.3.4 prints it (user paths shortened).
 VAGRANT_SSH_CONFIG = """\
@@ -52,24 +54,26 @@ def context(config) -> invoke.Context:
     return invoke.Context(invoke.Config(overrides=config))
 
 
+def group(c, names=None) -> Nodes:
+    """The `Nodes` group of the task context `c`, as a task makes it."""
+    return Nodes(c, settings.load(c), names)
+
+
 def hostname(name, conn):
     return conn.run("hostname", hide=True).stdout.strip()
 
 
 def test_hosts_provider_reaches_each_node_with_its_own_key(ssh_nodes):
     c = context(ssh_nodes.config)
-    conns = nodes.connections(c, settings.build(c.config))
-    try:
-        assert list(conns) == ["calico-01", "calico-02", "calico-03"]
+    with group(c) as conns:
+        assert conns.names == ["calico-01", "calico-02", "calico-03"]
         # Each sshd accepts only its own node's key: a leaked key would fail here.
-        assert nodes.on_nodes(conns, hostname) == {n: n for n in conns}
-        keys = [conn.connect_kwargs["key_filename"] for conn in conns.values()]
-        assert keys == [[str(ssh_nodes.key_file(n))] for n in conns]
-        assert all(conn.config.run.in_stream is False for conn in conns.values())
+        assert conns.run(hostname) == {n: n for n in conns.names}
+        keys = [conn.connect_kwargs["key_filename"] for conn in conns.connections.values()]
+        assert keys == [[str(ssh_nodes.key_file(n))] for n in conns.names]
+        assert all(conn.config.run.in_stream is False for conn in conns.connections.values())
         # OpenSSH offers AES-GCM: preferred over paramiko's default AES-CTR + HMAC for speed.
-        assert {conn.transport.local_cipher for conn in conns.values()} == {"aes128-gcm@openssh.com"}
-    finally:
-        nodes.close_all(conns)
+        assert {conn.transport.local_cipher for conn in conns.connections.values()} == {"aes128-gcm@openssh.com"}
 
 
 def test_hosts_provider_honours_the_users_ssh_config(ssh_nodes, tmp_path, monkeypatch):
@@ -82,39 +86,32 @@ def test_hosts_provider_honours_the_users_ssh_config(ssh_nodes, tmp_path, monkey
     config = ssh_nodes.config
     config["cluster"]["hosts"] = [{k: v for k, v in h.items() if k != "key_file"} for h in config["cluster"]["hosts"]]
     c = context(config)
-    conns = nodes.connections(c, settings.build(c.config))
-    try:
-        assert nodes.on_nodes(conns, hostname) == {n: n for n in conns}
-    finally:
-        nodes.close_all(conns)
+    with group(c) as conns:
+        assert conns.run(hostname) == {n: n for n in conns.names}
 
 
 def test_on_nodes_names_the_failed_node_after_the_others_complete(ssh_nodes):
     ssh_nodes.stop("calico-02")
     c = context(ssh_nodes.config)
-    conns = nodes.connections(c, settings.build(c.config))
-    with pytest.raises(invoke.Exit) as err:
-        nodes.on_nodes(conns, lambda name, conn: conn.run(f"echo {name} > ~/seen", hide=True), what="marking")
-    message = err.value.message
+    with group(c) as conns, pytest.raises(NodesFailed) as err:
+        conns.run(lambda name, conn: conn.run(f"echo {name} > ~/seen", hide=True), what="marking")
+    message = str(err.value)
     assert message.splitlines() == [
         "marking failed on 1 node(s):",
         f"  calico-02 (127.0.0.2:{ssh_nodes.port}): connection refused (is sshd running?)"]
     for name in ("calico-01", "calico-03"):
         assert ssh_nodes.path(name, "/home/core/seen").read_text() == f"{name}\n"
-    nodes.close_all(conns)
 
 
 def test_attempt_returns_failures_with_the_command_and_its_error(ssh_nodes):
     c = context(ssh_nodes.config)
-    conns = nodes.connections(c, settings.build(c.config))
-
     def fn(name, conn):
         if name == "calico-03":
             conn.run("echo first >&2; echo 'disk full' >&2; exit 3", hide=True)
         return name.upper()
 
-    results, failures = nodes.attempt(conns, fn)
-    nodes.close_all(conns)
+    with group(c) as conns:
+        results, failures = conns.attempt(fn)
     assert results == {"calico-01": "CALICO-01", "calico-02": "CALICO-02"}
     assert str(failures["calico-03"]) == (f"calico-03 (127.0.0.3:{ssh_nodes.port}): "
                                           "`echo first >&2; echo 'disk full' >&2; exit 3` exited 3: disk full")
@@ -124,9 +121,8 @@ def test_a_wrong_key_is_reported_as_an_authentication_failure(ssh_nodes, tmp_pat
     hosts = ssh_nodes.hosts()
     hosts[1]["key_file"] = hosts[0]["key_file"]
     c = context(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts}))
-    conns = nodes.connections(c, settings.build(c.config))
-    results, failures = nodes.attempt(conns, hostname)
-    nodes.close_all(conns)
+    with group(c) as conns:
+        results, failures = conns.attempt(hostname)
     assert set(results) == {"calico-01", "calico-03"}
     assert "calico-02" in str(failures["calico-02"]) and "authentication failed" in failures["calico-02"].reason
 
@@ -134,45 +130,41 @@ def test_a_wrong_key_is_reported_as_an_authentication_failure(ssh_nodes, tmp_pat
 def test_wait_ready_waits_for_a_node_that_comes_up(ssh_nodes):
     ssh_nodes.stop("calico-03")
     c = context(ssh_nodes.config)
-    conns = nodes.connections(c, settings.build(c.config))
     later = threading.Timer(1.5, ssh_nodes.start, args=("calico-03",))
     later.start()
     try:
-        nodes.wait_ready(conns, timeout=30)
+        with group(c) as conns:
+            conns.wait_ready(timeout=30)
+            assert conns.run(hostname)["calico-03"] == "calico-03"
     finally:
         later.join()
-        nodes.close_all(conns)
-    assert nodes.on_nodes(conns, hostname)["calico-03"] == "calico-03"
-    nodes.close_all(conns)
 
 
 def test_wait_ready_gives_up_naming_the_node(ssh_nodes):
     ssh_nodes.stop("calico-01")
     c = context(ssh_nodes.config)
-    conns = nodes.connections(c, settings.build(c.config))
     started = time.monotonic()
-    with pytest.raises(invoke.Exit) as err:
-        nodes.wait_ready(conns, timeout=2)
-    nodes.close_all(conns)
+    with group(c) as conns, pytest.raises(NodesFailed) as err:
+        conns.wait_ready(timeout=2)
     assert time.monotonic() - started < 15
-    assert f"calico-01 (127.0.0.1:{ssh_nodes.port}): connection refused" in err.value.message
-    assert "calico-02" not in err.value.message
+    assert f"calico-01 (127.0.0.1:{ssh_nodes.port}): connection refused" in str(err.value)
+    assert "calico-02" not in str(err.value)
 
 
 def test_parse_vagrant_ssh_config_gives_each_host_its_own_port_and_key():
-    got = nodes.parse_ssh_config(VAGRANT_SSH_CONFIG, ["calico-01", "calico-02"])
+    got = providers.parse_ssh_config(VAGRANT_SSH_CONFIG, ["calico-01", "calico-02"])
     assert got == {
-        "calico-01": {"host": "127.0.0.1", "port": 2222, "user": "core",
-                      "key_files": ["/home/me/project/.vagrant/machines/calico-01/virtualbox/private_key"]},
-        "calico-02": {"host": "127.0.0.1", "port": 2200, "user": "core",
-                      "key_files": ["/home/me/project/.vagrant/machines/calico-02/virtualbox/private_key"]},
+        "calico-01": providers.Target("127.0.0.1", 2222, "core",
+                                      ("/home/me/project/.vagrant/machines/calico-01/virtualbox/private_key",)),
+        "calico-02": providers.Target("127.0.0.1", 2200, "core",
+                                      ("/home/me/project/.vagrant/machines/calico-02/virtualbox/private_key",)),
     }
 
 
 def test_parse_vagrant_ssh_config_names_a_missing_machine():
-    with pytest.raises(invoke.Exit) as err:
-        nodes.parse_ssh_config(VAGRANT_SSH_CONFIG, ["calico-01", "calico-02", "calico-03"])
-    assert "no entry for calico-03 (has: calico-01, calico-02): run `inv up`" in err.value.message
+    with pytest.raises(StepError) as err:
+        providers.parse_ssh_config(VAGRANT_SSH_CONFIG, ["calico-01", "calico-02", "calico-03"])
+    assert "no entry for calico-03 (has: calico-01, calico-02): run `inv up`" in str(err.value)
 
 
 def stand_in_vagrant(folder, ssh_nodes, exit_code=0):
@@ -203,11 +195,8 @@ def test_vagrant_provider_takes_every_node_from_one_ssh_config_call(ssh_nodes, t
     calls = stand_in_vagrant(bin_dir, ssh_nodes)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     c = context(make_config(tmp_path))  # provider vagrant, calico-01..03
-    conns = nodes.connections(c, settings.build(c.config))
-    try:
-        assert nodes.on_nodes(conns, hostname) == {n: n for n in ssh_nodes.names}
-    finally:
-        nodes.close_all(conns)
+    with group(c) as conns:
+        assert conns.run(hostname) == {n: n for n in ssh_nodes.names}
     log = calls.read_text().splitlines()
     assert log[0] == "ssh-config calico-01 calico-02 calico-03"
     assert log[1] == f"CLUSTER_DESCRIPTION={tmp_path / 'out' / 'cluster.json'}"
@@ -222,18 +211,18 @@ def test_vagrant_ssh_config_failure_says_to_run_up(tmp_path, monkeypatch):
     (bin_dir / "vagrant").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     c = context(make_config(tmp_path))
-    with pytest.raises(invoke.Exit) as err:
-        nodes.connections(c, settings.build(c.config))
-    assert err.value.message == ("`vagrant ssh-config` failed: The provider for this Vagrant-managed machine is "
+    with pytest.raises(StepError) as err, group(c):
+        pass
+    assert str(err.value) == ("`vagrant ssh-config` failed: The provider for this Vagrant-managed machine is "
                                  "reporting that it is not yet ready for SSH. (are the VMs up? run `inv up`)")
 
 
 def test_missing_vagrant_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     c = context(make_config(tmp_path))
-    with pytest.raises(invoke.Exit) as err:
-        nodes.connections(c, settings.build(c.config))
-    assert err.value.message == nodes.VAGRANT_INSTALL
+    with pytest.raises(StepError) as err, group(c):
+        pass
+    assert str(err.value) == providers.VAGRANT_INSTALL
 
 
 def test_key_file_with_a_tilde_is_the_users_home(ssh_nodes, tmp_path, monkeypatch):
@@ -246,11 +235,8 @@ def test_key_file_with_a_tilde_is_the_users_home(ssh_nodes, tmp_path, monkeypatc
         host["key_file"] = f"~/{host['name']}.key"
     monkeypatch.setenv("HOME", str(home))
     c = context(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts}))
-    conns = nodes.connections(c, settings.build(c.config))
-    try:
-        assert nodes.on_nodes(conns, hostname) == {n: n for n in conns}
-    finally:
-        nodes.close_all(conns)
+    with group(c) as conns:
+        assert conns.run(hostname) == {n: n for n in conns.names}
 
 
 @pytest.mark.timeout(60)  # a regression would wait out the 600 s below
@@ -258,31 +244,21 @@ def test_wait_ready_does_not_wait_out_a_wrong_key(ssh_nodes, tmp_path):
     hosts = ssh_nodes.hosts()
     hosts[1]["key_file"] = hosts[0]["key_file"]
     c = context(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts}))
-    conns = nodes.connections(c, settings.build(c.config))
-    with pytest.raises(invoke.Exit) as err:
-        nodes.wait_ready(conns, timeout=600)
-    nodes.close_all(conns)
-    assert "calico-02" in err.value.message and "authentication failed" in err.value.message
-    assert "calico-01" not in err.value.message
+    with group(c) as conns, pytest.raises(NodesFailed) as err:
+        conns.wait_ready(timeout=600)
+    assert "calico-02" in str(err.value) and "authentication failed" in str(err.value)
+    assert "calico-01" not in str(err.value)
 
 
-def test_share_opens_one_connection_for_many_threads(ssh_nodes):
+def test_conn_opens_one_connection_for_many_threads(ssh_nodes):
+    """Threads sharing a node's connection through `Nodes.conn` open it once: sshd logs one login."""
     from concurrent.futures import ThreadPoolExecutor
 
     c = context(ssh_nodes.config)
-    conn = nodes.connections(c, settings.build(c.config), ["calico-01"])["calico-01"]
-    opened, connect = [], conn.client.connect
-
-    def counting(*args, **kwargs):
-        opened.append(1)
-        return connect(*args, **kwargs)
-
-    conn.client.connect = counting
-    nodes.share(conn)
-    try:
+    before = ssh_nodes.log("calico-01").count("Accepted publickey")
+    with group(c, ["calico-01"]) as conns:
         with ThreadPoolExecutor(6) as pool:
-            names = list(pool.map(lambda _: conn.run("hostname", hide=True).stdout.strip(), range(6)))
-    finally:
-        conn.close()
+            names = list(pool.map(lambda _: conns.conn("calico-01").run("hostname", hide=True).stdout.strip(),
+                                  range(6)))
     assert names == ["calico-01"] * 6
-    assert len(opened) == 1
+    assert ssh_nodes.log("calico-01").count("Accepted publickey") - before == 1

@@ -11,14 +11,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from conftest import make_config, run_inv
+from conftest import make_config, project, run_inv
 from tasks import pki, render
 
 
 @pytest.fixture
 def rendered(tmp_path):
     config = make_config(tmp_path)
-    render.render_all(config)
+    render.render_all(project(config))
     return config, tmp_path / "out" / "pki"
 
 
@@ -98,7 +98,7 @@ def test_mutual_tls_handshake(rendered):
 def test_reused_across_renders(rendered):
     config, folder = rendered
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    render.render_all(config)
+    render.render_all(project(config))
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -110,7 +110,7 @@ def test_server_certificate_reissued_from_same_ca(rendered, change):
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     for section, values in change.items():
         config[section].update(values)
-    _, _, written = render.render_all(config)
+    _, written = render.render_all(project(config))
     assert written == ["pki/server.cert"]
     after = {p.name: p.read_bytes() for p in folder.iterdir()}
     for same in ("ca.crt", "ca.key", "kubecfg.crt", "kubecfg.key", "server.key"):
@@ -129,16 +129,16 @@ def test_server_certificate_reissued_from_same_ca(rendered, change):
 def test_leaf_signed_by_another_ca_is_reissued(rendered, tmp_path):
     config, folder = rendered
     other = make_config(tmp_path / "other")
-    render.render_all(other)
+    render.render_all(project(other))
     (folder / "kubecfg.crt").write_bytes((tmp_path / "other" / "out" / "pki" / "kubecfg.crt").read_bytes())
-    _, _, written = render.render_all(config)
+    _, written = render.render_all(project(config))
     assert "pki/kubecfg.crt" in written
     load(folder, "kubecfg.crt").verify_directly_issued_by(load(folder, "ca.crt"))
 
 
 def test_damaged_ca_stops_render_and_writes_nothing(tmp_path):
     config = make_config(tmp_path)
-    render.render_all(config)
+    render.render_all(project(config))
     folder = tmp_path / "out" / "pki"
     (folder / "ca.crt").write_text("not a certificate")
     config["cluster"]["first_ip"] = "172.18.18.120"
@@ -155,13 +155,13 @@ def test_missing_ca_key_is_an_error_not_a_new_ca(rendered):
     config, folder = rendered
     (folder / "ca.key").unlink()
     with pytest.raises(pki.PKIError, match="ca.key"):
-        render.render_all(config)
+        render.render_all(project(config))
 
 
 def test_loose_key_permissions_are_tightened(rendered):
     config, folder = rendered
     (folder / "server.key").chmod(0o664)
-    render.render_all(config)
+    render.render_all(project(config))
     assert (folder / "server.key").stat().st_mode & 0o777 == 0o600
 
 
@@ -169,7 +169,7 @@ def test_a_render_cut_short_after_the_ca_key_is_completed(rendered):
     """Keys are written first; a crash before ca.crt leaves only the key, and the next render goes on from it."""
     config, folder = rendered
     (folder / "ca.crt").unlink()
-    _, _, written = render.render_all(config)
+    _, written = render.render_all(project(config))
     assert written == ["pki/ca.crt"]
     ca = load(folder, "ca.crt")
     for leaf in ("server.cert", "kubecfg.crt"):

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from conftest import make_config, run_inv
+from conftest import make_config, project, run_inv
 from seedfiles import normalized_unit, seed_config
 from tasks import render, settings
 
@@ -47,7 +47,7 @@ def assert_equivalent(mine: dict, seed: dict) -> None:
 
 def test_default_render_is_equivalent_to_the_seed(tmp_path):
     config = make_config(tmp_path)
-    render.render_all(config)
+    render.render_all(project(config))
     out = tmp_path / "out"
     assert_equivalent(rendered(out, "calico-01"), seed_config("master", "calico-01", "172.18.18.101"))
     for i in (2, 3):
@@ -58,7 +58,7 @@ def test_default_render_is_equivalent_to_the_seed(tmp_path):
 
 def test_equivalence_check_catches_a_changed_flag(tmp_path):
     """The comparison itself must fail on a real difference, or it proves nothing."""
-    render.render_all(make_config(tmp_path))
+    render.render_all(project(make_config(tmp_path)))
     mine = rendered(tmp_path / "out", "calico-02")
     unit = next(u for u in mine["coreos"]["units"] if u["name"] == "kubelet.service")
     unit["content"] = unit["content"].replace("--cluster-dns=10.100.0.10", "--cluster-dns=10.100.0.11")
@@ -67,7 +67,7 @@ def test_equivalence_check_catches_a_changed_flag(tmp_path):
 
 
 def test_render_starts_with_cloud_config_header(tmp_path):
-    render.render_all(make_config(tmp_path))
+    render.render_all(project(make_config(tmp_path)))
     for path in (tmp_path / "out" / "nodes").iterdir():
         assert path.read_text().startswith("#cloud-config\n"), path
 
@@ -75,7 +75,7 @@ def test_render_starts_with_cloud_config_header(tmp_path):
 @pytest.mark.parametrize("count", [1, 3, 20])
 def test_any_number_of_nodes(tmp_path, count):
     config = make_config(tmp_path, cluster={"num_instances": count, "first_ip": "10.9.8.7", "network": "10.9.8.0/24"})
-    render.render_all(config)
+    render.render_all(project(config))
     out = tmp_path / "out"
     names = [f"calico-{i:02d}" for i in range(1, count + 1)]
     assert sorted(p.stem for p in (out / "nodes").iterdir()) == names
@@ -102,7 +102,7 @@ def test_any_number_of_nodes(tmp_path, count):
 
 def test_description_carries_vm_settings(tmp_path):
     config = make_config(tmp_path, vm={"memory": 1024, "cpus": 1, "box": "mybox", "images": ["nginx:1"]})
-    render.render_all(config)
+    render.render_all(project(config))
     description = json.loads((tmp_path / "out" / "cluster.json").read_text())
     node = description["nodes"][1]
     assert (node["memory"], node["cpus"], node["box"], node["ip"]) == (1024, 1, "mybox", "172.18.18.102")
@@ -113,7 +113,7 @@ def test_description_carries_vm_settings(tmp_path):
 def test_values_follow_the_configuration(tmp_path):
     config = make_config(tmp_path, kubernetes={"service_range": "10.32.0.0/24", "dns_ip": "10.32.0.53",
                                                 "domain": "k8s.example", "pause_image": "pause:9"})
-    render.render_all(config)
+    render.render_all(project(config))
     units = {u["name"]: u.get("content", "") for u in rendered(tmp_path / "out", "calico-01")["coreos"]["units"]}
     assert "--service-cluster-ip-range=10.32.0.0/24" in units["kube-apiserver.service"]
     assert "--cluster-dns=10.32.0.53" in units["kubelet.service"]
@@ -122,7 +122,7 @@ def test_values_follow_the_configuration(tmp_path):
 
 
 def test_network_environment(tmp_path):
-    render.render_all(make_config(tmp_path, cluster={"first_ip": "172.18.18.50"}))
+    render.render_all(project(make_config(tmp_path, cluster={"first_ip": "172.18.18.50"})))
     text = (tmp_path / "out" / "network-environment").read_text()
     assert "KUBERNETES_MASTER=172.18.18.50\n" in text
     assert "ETCD_AUTHORITY=172.18.18.50:2379\n" in text
@@ -137,23 +137,23 @@ def snapshot(folder):
 
 def test_render_twice_changes_nothing(tmp_path):
     config = make_config(tmp_path)
-    render.render_all(config)
+    render.render_all(project(config))
     before = snapshot(tmp_path / "out")
-    _, changed, pki_changed = render.render_all(config)
+    changed, pki_changed = render.render_all(project(config))
     assert (changed, pki_changed) == ([], [])
     assert snapshot(tmp_path / "out") == before
 
 
 def test_fewer_nodes_removes_stale_cloud_configs(tmp_path):
-    render.render_all(make_config(tmp_path, cluster={"num_instances": 5}))
-    render.render_all(make_config(tmp_path, cluster={"num_instances": 2}))
+    render.render_all(project(make_config(tmp_path, cluster={"num_instances": 5})))
+    render.render_all(project(make_config(tmp_path, cluster={"num_instances": 2})))
     assert sorted(p.stem for p in (tmp_path / "out" / "nodes").iterdir()) == ["calico-01", "calico-02"]
 
 
 def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
     """Atomic writes: an error in the middle of writing keeps the previous file, and no temp file."""
     config = make_config(tmp_path)
-    render.render_all(config)
+    render.render_all(project(config))
     target = tmp_path / "out" / "nodes" / "calico-02.yaml"
     before = target.read_bytes()
     config["kubernetes"]["domain"] = "other.local"
@@ -163,7 +163,7 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError):
-        render.render_all(config)
+        render.render_all(project(config))
     monkeypatch.undo()
     assert target.read_bytes() == before
     assert not [p for p in (tmp_path / "out").rglob("*.tmp")]
@@ -183,9 +183,10 @@ def test_inv_render_prints_a_table_and_is_quiet_on_rerun(tmp_path):
 
 def test_user_data_paths_in_description_exist(tmp_path):
     config = make_config(tmp_path)
-    cluster, _, _ = render.render_all(config)
+    cluster = project(config).cluster
+    render.render_all(project(config))
     description = json.loads((tmp_path / "out" / "cluster.json").read_text())
     for node in description["nodes"]:
         assert (tmp_path / "out" / node["user_data"]).is_file()
     assert description["master"] == cluster.master.name == "calico-01"
-    assert settings.path(config, "output") == tmp_path / "out"
+    assert project(config).output_dir == tmp_path / "out"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import DEFAULTS, ROOT, make_config, run_inv
+from conftest import ARTIFACTS, DEFAULTS, ROOT, make_config, project, run_inv
 from tasks import settings
 
 BAD = [
@@ -79,13 +79,13 @@ def test_environment_variable_overrides_a_key(tmp_path):
 
 
 def test_schema_lists_exactly_the_keys_of_invoke_yaml():
-    assert set(DEFAULTS) == set(settings.SCHEMA)
+    assert set(DEFAULTS) == {"stack", *settings.SCHEMA}
     for section, keys in settings.SCHEMA.items():
         assert set(DEFAULTS[section]) == set(keys), section
 
 
 def test_defaults_build_the_seed_cluster(tmp_path):
-    cluster = settings.build(make_config(tmp_path))
+    cluster = settings.build(make_config(tmp_path)).cluster
     assert [(n.name, n.ip, n.role) for n in cluster.nodes] == [
         ("calico-01", "172.18.18.101", "master"), ("calico-02", "172.18.18.102", "node"),
         ("calico-03", "172.18.18.103", "node")]
@@ -96,7 +96,7 @@ def test_defaults_build_the_seed_cluster(tmp_path):
 def test_hosts_provider_uses_entries(tmp_path):
     hosts = [{"name": "m1", "address": "203.0.113.10", "ip": "10.0.0.10", "port": 2222, "user": "admin"},
              {"name": "w1", "address": "10.0.0.11"}]
-    cluster = settings.build(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts}))
+    cluster = settings.build(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts})).cluster
     m1, w1 = cluster.nodes
     assert (m1.name, m1.ip, m1.address, m1.port, m1.user, m1.role) == ("m1", "10.0.0.10", "203.0.113.10", 2222, "admin", "master")
     assert (w1.ip, w1.address, w1.port, w1.user, w1.role) == ("10.0.0.11", "10.0.0.11", 22, "core", "node")
@@ -112,7 +112,7 @@ def test_inv_config_prints_the_effective_values(tmp_path):
     assert done.returncode == 0, done.stderr
     shown = yaml.safe_load(done.stdout)
     assert shown["cluster"]["num_instances"] == 5 and shown["vm"]["memory"] == 1024
-    assert shown["download"]["artifacts"] == DEFAULTS["download"]["artifacts"]
+    assert shown["download"]["artifacts"] == ARTIFACTS
     config["cluster"]["first_ip"] = "nope"
     bad = run_inv(tmp_path, "config", config=config)
     assert bad.returncode == 2 and "cluster.first_ip = 'nope'" in bad.stderr and bad.stdout == ""
@@ -121,7 +121,7 @@ def test_inv_config_prints_the_effective_values(tmp_path):
 def test_a_large_network_is_checked_without_listing_it(tmp_path):
     """A /12 holds a million addresses: the checks compare numbers instead of listing them."""
     cluster = settings.build(make_config(tmp_path, cluster={"network": "172.16.0.0/12", "first_ip": "172.16.0.10",
-                                                            "num_instances": 2}))
+                                                            "num_instances": 2})).cluster
     assert [n.ip for n in cluster.nodes] == ["172.16.0.10", "172.16.0.11"]
     with pytest.raises(settings.ConfigError, match="at most 5 nodes"):
         settings.build(make_config(tmp_path, cluster={"network": "10.0.0.0/29", "first_ip": "10.0.0.2",

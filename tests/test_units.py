@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_config
+from conftest import make_config, project
 from seedfiles import parse_unit
 from tasks import render
 
@@ -55,7 +55,7 @@ def verify(root: Path, name: str) -> subprocess.CompletedProcess:
 
 
 def rendered_units(tmp_path, count=3) -> dict[str, dict[str, str]]:
-    render.render_all(make_config(tmp_path, cluster={"num_instances": count}))
+    render.render_all(project(make_config(tmp_path, cluster={"num_instances": count})))
     result = {}
     for path in sorted((tmp_path / "out" / "nodes").iterdir()):
         config = yaml.safe_load(path.read_text())

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, make_config
+from conftest import ROOT, make_config, project
 from tasks import render
 
 pytestmark = pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed")
@@ -37,7 +37,7 @@ def vagrant(env, *args):
 
 @pytest.mark.parametrize("count", [3, 5])
 def test_validate_and_status_list_the_machines(tmp_path, vagrant_env, count):
-    render.render_all(make_config(tmp_path, cluster={"num_instances": count}))
+    render.render_all(project(make_config(tmp_path, cluster={"num_instances": count})))
     result = vagrant(vagrant_env, "validate")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Vagrantfile validated successfully" in result.stdout
@@ -51,7 +51,7 @@ def test_validate_catches_a_bad_setting(tmp_path, vagrant_env):
     """Real validation: a hostname Vagrant rejects fails `vagrant validate`."""
     import json
 
-    render.render_all(make_config(tmp_path))
+    render.render_all(project(make_config(tmp_path)))
     path = tmp_path / "out" / "cluster.json"
     description = json.loads(path.read_text())
     description["nodes"][0]["name"] = "not_a_hostname"

@@ -15,11 +15,11 @@ import subprocess
 import time
 
 import pytest
-from conftest import make_config, run_inv, seed_file
-from invoke import Exit
+from conftest import make_config, project, run_inv, seed_file
 from standin_cluster import STANDINS, Scenario, UIServer, install, prepare
 
-from tasks import addons, settings, verify
+from tasks import addons, kube, settings, verify
+from tasks.errors import UsageError
 
 def post() -> str:
     return seed_file("000_f30f3fc981904be9.txt").read_text(encoding="utf-8")
@@ -35,7 +35,7 @@ def seed_output(command: str) -> str:
 
 @pytest.fixture
 def seed_cluster(tmp_path):
-    return settings.build(make_config(tmp_path))
+    return settings.build(make_config(tmp_path)).cluster
 
 
 # -- pure: the seed's outputs --------------------------------------------------------
@@ -103,19 +103,19 @@ def test_kube_ui_answer_and_api_server_status_message():
 
 
 def test_failure_message_names_every_failed_check():
-    rows = [verify.Result("nodes", "calico-01", True, "ok"),
-            verify.Result("nodes", "calico-02", False, "172.18.18.102 NotReady"),
-            verify.Result("bgp", "calico-03", False, "peer calico-02 (172.18.18.102): start, Connect")]
+    rows = [kube.Result("nodes", "calico-01", True, "ok"),
+            kube.Result("nodes", "calico-02", False, "172.18.18.102 NotReady"),
+            kube.Result("bgp", "calico-03", False, "peer calico-02 (172.18.18.102): start, Connect")]
     assert verify.failure_message(rows) == (
         "verify failed: 2 check(s) (nodes, bgp): nodes on calico-02: 172.18.18.102 NotReady; "
         "bgp on calico-03: peer calico-02 (172.18.18.102): start, Connect")
 
 
 def test_timeouts_must_be_seconds():
-    assert verify.seconds(None, 120) == 120 and verify.seconds("2.5", 120) == 2.5
+    assert kube.seconds(None, 120) == 120 and kube.seconds("2.5", 120) == 2.5
     for bad in ("soon", "-1"):
-        with pytest.raises(Exit, match=f"--timeout '{bad}': expected a number of seconds"):
-            verify.seconds(bad, 120)
+        with pytest.raises(UsageError, match=f"--timeout '{bad}': expected a number of seconds"):
+            kube.seconds(bad, 120)
 
 
 # -- the stand-ins against the seed's outputs ------------------------------------------
@@ -129,7 +129,7 @@ def standin(tmp_path, program: str, *args: str) -> subprocess.CompletedProcess:
 def local_standins(tmp_path):
     """The stand-ins run here, on the seed's cluster, with the rendered manifests created."""
     config = make_config(tmp_path)
-    cluster = settings.build(config)
+    cluster = project(config).cluster
     prepare(config)
     (tmp_path / "standin").mkdir()
     scenario = {"kubernetes": {"nodes": [{"name": n.ip} for n in cluster.nodes], "cluster_dns": cluster.dns_ip,
@@ -139,7 +139,7 @@ def local_standins(tmp_path):
                                      {"address": "172.18.18.103", "since": "03:59:36"}]}}
     (tmp_path / "standin" / "scenario.json").write_text(json.dumps(scenario))
     manifests = tmp_path / "out" / "manifests"
-    for name in config["addons"]["manifests"]:
+    for name in project(config).addons.manifests:
         assert standin(tmp_path, "kubectl", "create", "-f", str(manifests / name)).returncode == 0
     return tmp_path, cluster
 
@@ -183,12 +183,12 @@ def test_standin_json_feeds_the_checks(local_standins):
                              "node status.)"),
         ("calico-03", False, "172.18.18.103 not registered: is kubelet running on calico-03?")]
     pods = json.loads(standin(tmp_path, "kubectl", "get", "pods", "--namespace=kube-system", "-o", "json").stdout)
-    expected = addons.workloads(make_config(tmp_path), ["skydns.yaml", "kube-ui-rc.yaml"])
-    rows = verify.pod_results("kube-system", cluster, pods["items"], expected)
+    expected = [w for w in kube.workloads(project(make_config(tmp_path))) if w.namespace == "kube-system"]
+    rows = kube.pod_results("kube-system", cluster, pods["items"], expected)
     assert [r.ok for r in rows] == [True, True]
     assert re.fullmatch(r"kube-dns-v9-\w{5} 4/4 Running", rows[0].detail)
-    missing = verify.pod_results("kube-system", cluster, pods["items"][1:], expected)
-    assert missing[0] == verify.Result("kube-system", "-", False,
+    missing = kube.pod_results("kube-system", cluster, pods["items"][1:], expected)
+    assert missing[0] == kube.Result("kube-system", "-", False,
                                        "no pod of replication controller kube-system/kube-dns-v9: run `inv addons`")
 
 
@@ -331,10 +331,10 @@ def test_long_waits_say_what_they_wait_for(capsys):
 
     def slow_dns(deadline):
         ready = time.monotonic() - started > 1.0
-        return [verify.Result("dns", "calico-01", ready, "answered" if ready else "no answer: timed out")]
+        return [kube.Result("dns", "calico-01", ready, "answered" if ready else "no answer: timed out")]
 
-    rows = verify.run_checks([slow_dns], timeout=10, interval=0.1, every=0.3)
-    assert rows == [verify.Result("dns", "calico-01", True, "answered")]
+    rows = kube.run_checks([slow_dns], timeout=10, interval=0.1, every=0.3)
+    assert rows == [kube.Result("dns", "calico-01", True, "answered")]
     err = capsys.readouterr().err
     assert "s for dns on calico-01: no answer: timed out" in err
     assert err.startswith("waiting ")

@@ -15,10 +15,10 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, make_config, run_inv
+from conftest import ROOT, make_config, project, run_inv
 from test_nodes import stand_in_vagrant
 
-from tasks import nodes, render, vm
+from tasks import nodes, providers, render, vm
 
 MACHINE_READABLE = """\
 1795838515,calico-01,metadata,provider,virtualbox
@@ -36,7 +36,7 @@ MACHINE_READABLE = """\
 def vagrant_env(tmp_path):
     """Render the default (vagrant) cluster into tmp_path; PATH with a stand-in VBoxManage."""
     config = make_config(tmp_path)
-    render.render_all(config)
+    render.render_all(project(config))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "VBoxManage").write_text("#!/bin/sh\necho 7.0.14r161095\n")
@@ -71,7 +71,7 @@ def test_up_copies_to_every_node_by_default(ssh_nodes, tmp_path):
 
 
 def test_up_checks_render_and_download_before_starting_anything(ssh_nodes, tmp_path):
-    render.render_all(ssh_nodes.config)
+    render.render_all(project(ssh_nodes.config))
     done = run_inv(tmp_path, "up", "--timeout", "20", config=ssh_nodes.config)
     assert done.returncode == 1
     assert "is missing: run `inv download` first" in done.stderr
@@ -112,7 +112,7 @@ def test_up_without_vagrant_says_what_to_install(vagrant_env, tmp_path):
     env["PATH"] = str(bin_dir)  # VBoxManage only
     done = run_inv(tmp_path, "up", "--no-copy", config=config, env=env)
     assert done.returncode == 1
-    assert done.stderr.strip() == nodes.VAGRANT_INSTALL
+    assert done.stderr.strip() == providers.VAGRANT_INSTALL
 
 
 def test_up_without_virtualbox_says_what_to_install(vagrant_env, tmp_path):
@@ -120,7 +120,7 @@ def test_up_without_virtualbox_says_what_to_install(vagrant_env, tmp_path):
     (bin_dir / "VBoxManage").unlink()
     done = run_inv(tmp_path, "up", "--no-copy", config=config, env=env)
     assert done.returncode == 1
-    assert done.stderr.strip() == vm.VIRTUALBOX_INSTALL
+    assert done.stderr.strip() == providers.VIRTUALBOX_INSTALL
 
 
 def test_up_without_render_says_run_render(tmp_path):
@@ -154,7 +154,7 @@ def test_status_with_vagrant_shows_machines_not_created(vagrant_env, tmp_path):
 
 
 def test_parse_status_reads_each_machine_state():
-    assert vm.parse_status(MACHINE_READABLE) == {
+    assert providers.parse_status(MACHINE_READABLE) == {
         "calico-01": "running", "calico-02": "poweroff", "calico-03": "not_created"}
 
 

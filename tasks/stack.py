@@ -1,0 +1,77 @@
+"""Stacks: the software a cluster runs, as data (tasks/stacks/<name>.yaml).
+
+A stack gives the defaults of the settings invoke.yaml leaves null, the
+folders of its templates and addon manifests, and which template each node
+role gets. `apply` fills a configuration with a stack's defaults and refuses a
+setting that only other stacks use.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDER = Path(__file__).resolve().parent / "stacks"
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    description: str
+    templates: Path                         # Jinja2 templates of the nodes' configuration
+    manifests: Path                         # addon manifests (Jinja2 templates too)
+    node_templates: dict = field(hash=False)     # role -> template
+    cluster_templates: dict = field(hash=False)  # output file name -> template
+    defaults: dict = field(hash=False)           # section -> key -> value
+
+    def manifest_names(self) -> list[str]:
+        return sorted(p.name for p in self.manifests.glob("*.yaml"))
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in FOLDER.glob("*.yaml"))
+
+
+def load(name: str) -> Stack:
+    """The stack called `name`; ConfigError naming the known ones otherwise."""
+    import yaml
+
+    if not isinstance(name, str) or name not in names():
+        raise ConfigError("stack", name, f"one of {', '.join(names())}")
+    data = yaml.safe_load((FOLDER / f"{name}.yaml").read_text())
+    return Stack(name=data["name"], description=data["description"], templates=ROOT / data["templates"],
+                 manifests=ROOT / data["manifests"], node_templates=data["node_templates"],
+                 cluster_templates=data["cluster_templates"], defaults=data["defaults"])
+
+
+def stack_keys() -> dict[str, set[str]]:
+    """Every key some stack gives a default for, by section: the keys invoke.yaml leaves to the stack."""
+    keys: dict[str, set[str]] = {}
+    for name in names():
+        for section, values in load(name).defaults.items():
+            keys.setdefault(section, set()).update(values)
+    return keys
+
+
+def apply(stack: Stack, config: dict) -> dict:
+    """`config` (plain dicts) with `stack`'s defaults where it leaves a key null.
+
+    A key set that only other stacks use is an error naming this stack; a key
+    that applies to no stack in use stays null and is left out.
+    """
+    merged = copy.deepcopy(config)
+    for section, keys in stack_keys().items():
+        values = merged.get(section)
+        if not isinstance(values, dict):
+            continue  # the section's type is checked with the rest
+        mine = stack.defaults.get(section, {})
+        for key in keys:
+            if key in mine and values.get(key) is None:
+                values[key] = copy.deepcopy(mine[key])
+            elif key not in mine and values.get(key) is not None:
+                raise ConfigError(f"{section}.{key}", values[key],
+                                  f"no value: stack {stack.name} has no use for it (leave it null)")
+    return merged
