@@ -247,7 +247,7 @@ def is_http(url: str) -> bool:
 
 def _image(name: str, value) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", value):
-        raise ConfigError(name, value, "a container image name like busybox:latest")
+        raise ConfigError(name, value, "a docker image name like busybox:latest")
     return value
 
 

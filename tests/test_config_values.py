@@ -18,7 +18,7 @@ import invoke
 import pytest
 from invoke.exceptions import Exit
 
-from conftest import DEFAULTS, make_config, run_inv
+from conftest import ARTIFACTS, DEFAULTS, make_config, run_inv
 from tasks import render, settings
 from test_settings import BAD
 
@@ -29,7 +29,7 @@ ARTIFACT_KEYS = getattr(settings, "ARTIFACT_KEYS", None) or ("name", "url", "des
 
 def artifact(index: int, **changes) -> dict:
     """download.artifacts as in invoke.yaml, with entry `index` changed."""
-    entries = [dict(a) for a in DEFAULTS["download"]["artifacts"]]
+    entries = [dict(a) for a in ARTIFACTS]
     entries[index].update(changes)
     return {"download": {"artifacts": entries}}
 
