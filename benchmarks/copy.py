@@ -26,10 +26,10 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from benchmarks.artifact_sizes import generate  # noqa: E402
 from conftest import ARTIFACTS, project  # noqa: E402
 from sshnodes import SSHNodes  # noqa: E402
 
-from benchmarks.artifact_sizes import generate  # noqa: E402
 
 def busy_seconds() -> float:
     """CPU time used by the whole machine so far (client, sshd, sftp-server, install, ...)."""

@@ -31,13 +31,14 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import tasks  # noqa: E402,F401  (makes tasks/ the package, as under inv)
 import yaml  # noqa: E402
-from conftest import ARTIFACTS, artifacts, make_config, project  # noqa: E402
+
+import tasks  # noqa: E402,F401  (makes tasks/ the package, as under inv)
+from benchmarks.artifact_sizes import SIZES, generate  # noqa: E402
+from conftest import ARTIFACTS, make_config, project  # noqa: E402
+from tasks import download  # noqa: E402
 from test_download import FileServer, url_path  # noqa: E402
 
-from benchmarks.artifact_sizes import SIZES, generate  # noqa: E402
-from tasks import download  # noqa: E402
 
 def digest(path: Path, algo: str) -> str:
     h = hashlib.new(algo)

@@ -51,6 +51,13 @@ class Item:
     def is_dir(self) -> bool:
         return self.source is None
 
+    @property
+    def file(self) -> Path:
+        """The local file of a file item."""
+        if self.source is None:
+            raise ValueError(f"{self.target} is a directory")
+        return self.source
+
 
 @dataclass
 class Report:
@@ -80,7 +87,7 @@ def plan(project: Project) -> dict[str, list[Item]]:
             raise StepError(f"{path} is missing: run `inv render` first")
     common = [Item(a.target, a.mode, a.path) for a in project.download.artifacts]
     for item in common:
-        if not item.source.is_file():
+        if not item.file.is_file():
             raise StepError(f"downloaded file {item.source} is missing: run `inv download` first")
     common.append(Item(MANIFESTS_DIR, 0o755))
     common += [Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
@@ -109,7 +116,7 @@ def digests(items) -> dict[Path, str]:
 
     sources = sorted({i.source for i in items if i.source is not None})
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(sources, pool.map(one, sources)))
+        return dict(zip(sources, pool.map(one, sources), strict=True))
 
 
 def _sudo(script: str) -> str:
@@ -164,7 +171,7 @@ def state_lines(items: list[Item], sums: dict[Path, str], state: str) -> list[st
     """Root's commands recording each file's sum with its size, inode and change time."""
     tmp = shlex.quote(state + ".tmp")
     lines = [f": > {tmp}"]
-    lines += [f"stat -c {shlex.quote('sum|' + sums[i.source] + '|%s|%i|%z|%n')} -- {shlex.quote(i.target)} >> {tmp}"
+    lines += [f"stat -c {shlex.quote('sum|' + sums[i.file] + '|%s|%i|%z|%n')} -- {shlex.quote(i.target)} >> {tmp}"
               for i in items if not i.is_dir]
     return lines + [f"mv -f {tmp} {shlex.quote(state)}"]
 
@@ -178,7 +185,7 @@ def needed(items: list[Item], remote: dict[str, dict], sums: dict[Path, str], us
             return False
         if item.is_dir:
             return have.get("kind") == "directory"
-        return have.get("sha256") == sums[item.source]
+        return have.get("sha256") == sums[item.file]
 
     stale = [i for i in items[:-1] if not current(i)]
     last = items[-1]  # the cloud-config: again whenever anything before it changed
@@ -256,14 +263,14 @@ def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False, bar
     sftp.mkdir(tmp, 0o700)
     advance = None
     if bars is not None:
-        bar = bars.add_task(name, total=sum(i.source.stat().st_size for i in todo if not i.is_dir))
+        bar = bars.add_task(name, total=sum(i.file.stat().st_size for i in todo if not i.is_dir))
 
         def advance(count: int) -> None:
             bars.advance(bar, count)
     try:
         for index, item in enumerate(todo):
             if not item.is_dir:
-                upload(sftp, item.source, f"{tmp}/{index}", advance)
+                upload(sftp, item.file, f"{tmp}/{index}", advance)
     except BaseException:
         try:
             conn.run(f"rm -rf {shlex.quote(tmp)}", hide=True, warn=True)
@@ -327,7 +334,7 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool =
         sums = background.submit(digests, [i for items in wanted.values() for i in items])
         reports, failures = group.attempt(
             lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name))
-    rows = []
+    rows: list[tuple] = []
     for node in cluster.nodes:
         if node.name in failures:
             rows.append((node.name, "-", "-", "-", failures[node.name].reason))

@@ -19,13 +19,11 @@ import json
 import os
 import re
 import stat
-import string
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from invoke import task
 
@@ -113,10 +111,14 @@ def parse_digest(body: bytes, algo: str) -> str | None:
 def human(size: int | None) -> str:
     if size is None:
         return "?"
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
+    if size < 1000:
+        return f"{size} bytes"
+    value = float(size)
+    for unit in ("kB", "MB"):
+        value /= 1000
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1000:.1f} GB"
 
 
 # --- local files -------------------------------------------------------------
@@ -201,7 +203,7 @@ class Outcome:
     downloaded: list = field(default_factory=list)   # (Artifact, size, seconds)
     present: list = field(default_factory=list)      # Artifact
     failed: list = field(default_factory=list)       # (Artifact, reason)
-    lock: Path | None = None
+    lock: Path = Path(".")
     lock_changed: bool = False
 
 
@@ -458,7 +460,7 @@ class Fetcher:
         def ask():
             with self.request(art.url, method="HEAD") as response:
                 if response.status_code not in (403, 405, 501):
-                    response.content  # nothing to read; releases the connection for reuse
+                    _ = response.content  # nothing to read; releases the connection for reuse
                     return response
             # Some servers (signed redirect targets) refuse HEAD: the headers of a GET say the same.
             with self.request(art.url) as response:

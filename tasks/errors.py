@@ -9,7 +9,8 @@ into `invoke.Exit`: 2 for bad input, 1 otherwise, with the message as it is
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class UsageError(ValueError):

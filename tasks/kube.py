@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tasks.errors import StepError, UsageError
 from tasks.settings import Cluster, Project

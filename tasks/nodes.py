@@ -15,9 +15,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, TypeVar
 
 from tasks.errors import StepError
 from tasks.ui import last_line
@@ -57,9 +58,9 @@ def _transport(*args, **kwargs):
     import paramiko
 
     transport = paramiko.Transport(*args, **kwargs)
-    preferred = transport._preferred_ciphers
+    preferred = transport._preferred_ciphers  # type: ignore[attr-defined]
     gcm = tuple(name for name in preferred if "-gcm@" in name)
-    transport._preferred_ciphers = gcm + tuple(name for name in preferred if name not in gcm)
+    transport._preferred_ciphers = gcm + tuple(name for name in preferred if name not in gcm)  # type: ignore[attr-defined]
     return transport
 
 
@@ -158,7 +159,7 @@ class Nodes:
                 connection.open()
         return connection
 
-    def attempt(self, fn: Callable[[str, object], T]) -> tuple[dict[str, T], dict[str, Failure]]:
+    def attempt(self, fn: Callable[[str, Any], T]) -> tuple[dict[str, T], dict[str, Failure]]:
         """fn(name, conn) on every node in parallel; (results, failures) by name, in cluster order."""
         if not self.connections:
             return {}, {}
@@ -173,7 +174,7 @@ class Nodes:
                 failures[name] = Failure(name, where(self.connections[name]), describe(error))
         return results, failures
 
-    def run(self, fn: Callable[[str, object], T], what: str = "") -> dict[str, T]:
+    def run(self, fn: Callable[[str, Any], T], what: str = "") -> dict[str, T]:
         """fn(name, conn) on every node in parallel -> results by name; NodesFailed after all have finished."""
         results, failures = self.attempt(fn)
         if failures:

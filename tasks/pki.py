@@ -91,7 +91,7 @@ def make_ca(now: datetime.datetime, key=None) -> tuple[x509.Certificate, rsa.RSA
 
 def issue(ca_cert, ca_key, cn: str, key, usage, sans=None, now=None) -> x509.Certificate:
     """A leaf certificate for `key`, signed by the CA."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     builder = (_builder(cn, ca_cert.subject, key.public_key(), now)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
@@ -136,7 +136,7 @@ def _still_good(pair, ca_cert, want_sans=None) -> bool:
         return False
     if cert.public_key().public_numbers() != key.public_key().public_numbers():
         return False
-    if cert.not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30):
+    if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30):
         return False
     if want_sans is not None:
         try:
@@ -153,7 +153,7 @@ def plan(folder: Path, want: Want) -> dict[str, tuple[bytes, int]]:
     Raises PKIError when the CA on disk is damaged or half there: a new CA
     would silently orphan every node that trusts the old one.
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     out: dict[str, tuple[bytes, int]] = {}
     ca = _load(folder, CA_CERT, CA_KEY)
     if isinstance(ca, Exception) and not (folder / CA_CERT).exists():

@@ -35,16 +35,52 @@ def _role(index: int) -> str:
     return "master" if index == 0 else "node"
 
 
-class Vagrant:
-    """VirtualBox VMs from the Vagrantfile, which reads the cluster description `inv render` wrote."""
+class Provider:
+    """What every provider answers, so that no step asks which one is in use."""
 
-    name = "vagrant"
-    owns_network = True      # node addresses are taken from cluster.network
-    ignores = ("cluster.hosts",)
-    load_ssh_config = False  # Vagrant's details are complete: a `Host *` rule of the user must not bend them
+    name = ""
+    owns_network = False                 # whether node addresses are taken from cluster.network
+    ignores: tuple[str, ...] = ()        # settings it has no use for
+    load_ssh_config = False              # whether ~/.ssh/config applies to its nodes
 
     def __init__(self, project, c):
         self.project, self.c = project, c
+
+    @staticmethod
+    def nodes(cl: dict, network: ipaddress.IPv4Network) -> list[Node]:
+        """The node list from the cluster section (pure); ConfigError on a bad value."""
+        raise NotImplementedError
+
+    def targets(self, names: list[str]) -> dict[str, Target]:
+        """How SSH reaches each of `names`."""
+        raise NotImplementedError
+
+    def check_start(self) -> None:
+        """Fail now, not after a long boot, when what `start` needs is missing."""
+
+    def start(self) -> None:
+        """Start the machines; returns once they boot."""
+
+    def states(self) -> dict[str, str]:
+        """Each machine's state, "-" where the provider cannot tell."""
+        return {n.name: "-" for n in self.project.cluster.nodes}
+
+    def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
+        """(argv, environment, folder) of an interactive SSH session on `node`."""
+        raise NotImplementedError
+
+    def destroy(self, ask) -> None:
+        """Delete the machines, if `ask(question)` agrees."""
+        raise NotImplementedError
+
+
+class Vagrant(Provider):
+    """VirtualBox VMs from the Vagrantfile, which reads the cluster description `inv render` wrote."""
+
+    name = "vagrant"
+    owns_network = True
+    ignores = ("cluster.hosts",)
+    load_ssh_config = False  # Vagrant's details are complete: a `Host *` rule of the user must not bend them
 
     # -- the node list (pure) ---------------------------------------------------
     @staticmethod
@@ -102,7 +138,6 @@ class Vagrant:
         return parse_ssh_config(result.stdout, names)
 
     def check_start(self) -> None:
-        """Fail now, not after a long boot, when what `start` needs is missing."""
         self._rendered()
         if not shutil.which("vagrant"):
             raise StepError(VAGRANT_INSTALL)
@@ -123,7 +158,6 @@ class Vagrant:
         return parse_status(result.stdout)
 
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
-        """(argv, environment, folder) of an interactive SSH session on `node`."""
         from tasks.settings import ROOT
 
         if not shutil.which("vagrant"):
@@ -140,18 +174,14 @@ class Vagrant:
             raise StepError("`vagrant destroy` failed (its output is above)")
 
 
-class Hosts:
+class Hosts(Provider):
     """Machines that exist already, listed in cluster.hosts: nothing to start or delete."""
 
     name = "hosts"
-    owns_network = False
     ignores = ("cluster.num_instances", "cluster.instance_name_prefix", "cluster.first_ip", "cluster.network",
                "vm.box", "vm.box_url", "vm.memory", "vm.cpus")
     # Existing machines: honour ~/.ssh/config (ProxyJump to a bastion, IdentityFile, ...) as ssh would.
     load_ssh_config = True
-
-    def __init__(self, project, c):
-        self.project, self.c = project, c
 
     @staticmethod
     def nodes(cl: dict, network=None) -> list[Node]:
@@ -189,15 +219,6 @@ class Hosts:
         return {n.name: Target(n.address or n.ip, n.port, n.user,
                                (os.path.expanduser(n.key_file),) if n.key_file else ()) for n in chosen}
 
-    def check_start(self) -> None:
-        pass
-
-    def start(self) -> None:
-        pass  # they run already: `inv up` only waits for them
-
-    def states(self) -> dict[str, str]:
-        return {n.name: "-" for n in self.project.cluster.nodes}
-
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
         t = self.targets([node])[node]
         argv = ["ssh", "-p", str(t.port), "-o", "StrictHostKeyChecking=no",
@@ -215,10 +236,10 @@ class Hosts:
                         "not ours to delete")
 
 
-PROVIDERS = {"vagrant": Vagrant, "hosts": Hosts}
+PROVIDERS: dict[str, type[Provider]] = {"vagrant": Vagrant, "hosts": Hosts}
 
 
-def of(project, c):
+def of(project, c) -> Provider:
     """The provider the project's configuration names, working through task context `c`."""
     return PROVIDERS[project.cluster.provider](project, c)
 

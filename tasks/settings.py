@@ -285,7 +285,7 @@ def _from_environment(config: dict) -> dict:
     import yaml
 
     for section, keys in SCHEMA.items():
-        values = config.get(section)
+        values: dict = config.get(section)  # type: ignore[assignment]
         if not isinstance(values, dict):
             continue
         for key, kind in keys.items():
@@ -366,7 +366,7 @@ def _cluster(config: dict) -> Cluster:
 
 def _fill(key: str, url: str, versions: dict) -> str:
     """`url` with its {version} placeholders filled in; ConfigError names any other."""
-    names = ", ".join("{%s}" % v for v in versions)
+    names = ", ".join(f"{{{v}}}" for v in versions)
     try:
         fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(url) if f is not None]
     except ValueError:
@@ -469,7 +469,7 @@ def build(config, invoke_config=None) -> Project:
     check_keys(values)
     output, downloads = _paths(values)
     cluster = _cluster(values)
-    effective = {"stack": stack.name}
+    effective: dict[str, Any] = {"stack": stack.name}
     for section in SCHEMA:
         effective[section] = {k: v for k, v in values[section].items() if v is not None}
     return Project(stack=stack, cluster=cluster, output_dir=output, downloads_dir=downloads,

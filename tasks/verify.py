@@ -58,7 +58,7 @@ def node_results(cluster: Cluster, listing: dict) -> list[Result]:
 
 def parse_nslookup(text: str) -> dict:
     """busybox nslookup output -> {server, name, addresses, error}."""
-    out = {"server": "", "name": "", "addresses": [], "error": ""}
+    out: dict = {"server": "", "name": "", "addresses": [], "error": ""}
     section = None
     for line in text.splitlines():
         line = line.strip()
@@ -104,7 +104,7 @@ def parse_bgp(text: str) -> list[dict]:
             if header is None:
                 header = cells
                 continue
-            row = dict(zip(("address", "type", "state", "since", "info"), cells))
+            row = dict(zip(("address", "type", "state", "since", "info"), cells, strict=False))
             row["row"] = line.strip()
             rows.append(row)
     return rows

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 R = TypeVar("R")
 
 
 def until(attempt: Callable[[], R], deadline: float, interval: float, *, done: Callable[[R], bool],
           again: Callable[[R], bool] = lambda result: True,
-          waiting: Optional[Callable[[R], None]] = None) -> R:
+          waiting: Callable[[R], None] | None = None) -> R:
     """Call `attempt()` every `interval` seconds until `done(result)`, or `again(result)` is false,
     or another try would start after `deadline` (time.monotonic()); returns the last result.
 

@@ -19,8 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from conftest import project, run_inv
-
-from tasks import render, settings
+from tasks import render
 
 STANDINS = Path(__file__).resolve().parent / "standins"
 UI_PATH = "/api/v1/proxy/namespaces/kube-system/services/kube-ui/"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from conftest import ARTIFACTS, make_config, project, run_inv
 from standin_cluster import Scenario, forget_objects, install, prepare
-
 from tasks import addons, kube, render
 
 

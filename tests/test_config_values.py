@@ -17,10 +17,10 @@ import re
 import invoke
 import pytest
 from invoke.exceptions import Exit
+from test_settings import BAD
 
 from conftest import ARTIFACTS, DEFAULTS, make_config, run_inv
 from tasks import render, settings
-from test_settings import BAD
 
 PREFIX = "invalid configuration: "
 HOST_KEYS = getattr(settings, "HOST_KEYS", None) or ("name", "address", "port", "user", "key_file", "ip")

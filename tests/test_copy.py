@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, SEED_DEFAULTS, project, run_inv, run_inv_on_terminal
 
-from tasks import copy, pki, render, settings
+from conftest import ARTIFACTS, SEED_DEFAULTS, project, run_inv, run_inv_on_terminal
+from tasks import copy, pki, render
 
 # Runs as root on the node after the cloud-config is in place.
 ACTIVATE = ("find /opt /srv /home/core /var/lib/coreos-vagrant -type f | sort"

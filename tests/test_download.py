@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ARTIFACTS, DEFAULTS, artifacts, make_config, project, run_inv, run_inv_on_terminal
+from conftest import ARTIFACTS, artifacts, make_config, project, run_inv, run_inv_on_terminal
 from tasks import download
 from tasks.settings import ConfigError
 

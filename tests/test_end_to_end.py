@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import ARTIFACTS, artifacts, project, run_inv
+from conftest import ARTIFACTS, artifacts, run_inv
 from standin_cluster import STANDINS, Scenario, UIServer, give_state_folders
 from test_download import FileServer, url_path
-
-from tasks import download
 
 
 def serve_artifacts(srv: FileServer, config: dict) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import SEED_DEFAULTS, make_config, project, seed_file
 
+from conftest import SEED_DEFAULTS, make_config, project, seed_file
 from tasks import render, stack
 
 

@@ -13,9 +13,9 @@ import time
 
 import invoke
 import pytest
-from conftest import make_config, project
 
-from tasks import nodes, providers, settings
+from conftest import make_config
+from tasks import providers, settings
 from tasks.errors import StepError
 from tasks.nodes import Nodes, NodesFailed
 

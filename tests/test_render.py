@@ -9,7 +9,7 @@ import yaml
 
 from conftest import make_config, project, run_inv
 from seedfiles import normalized_unit, seed_config
-from tasks import render, settings
+from tasks import render
 
 # The one addition to the seed's units: the configured Calico pool is created
 # before calico-node starts (the seed had this line commented out).
@@ -34,7 +34,7 @@ def assert_equivalent(mine: dict, seed: dict) -> None:
         assert mine["coreos"][key] == seed["coreos"][key], key
     ours_units, seed_units = mine["coreos"]["units"], seed["coreos"]["units"]
     assert [u["name"] for u in ours_units] == [u["name"] for u in seed_units]
-    for ours, theirs in zip(ours_units, seed_units):
+    for ours, theirs in zip(ours_units, seed_units, strict=True):
         assert ours["command"] == theirs["command"], ours["name"]
         assert ("content" in ours) == ("content" in theirs), ours["name"]
         if "content" not in theirs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import ARTIFACTS, DEFAULTS, ROOT, make_config, project, run_inv
+from conftest import ARTIFACTS, DEFAULTS, ROOT, make_config, run_inv
 from tasks import settings
 
 BAD = [

@@ -15,11 +15,12 @@ import subprocess
 import time
 
 import pytest
+
 from conftest import make_config, project, run_inv, seed_file
 from standin_cluster import STANDINS, Scenario, UIServer, install, prepare
-
-from tasks import addons, kube, settings, verify
+from tasks import kube, settings, verify
 from tasks.errors import UsageError
+
 
 def post() -> str:
     return seed_file("000_f30f3fc981904be9.txt").read_text(encoding="utf-8")
@@ -156,7 +157,7 @@ def test_standin_tables_have_the_seeds_columns(local_standins):
         mine = standin(tmp_path, *command.split()).stdout.splitlines()
         assert mine[0] == seed[0], command
         assert len(mine) == len(seed), command
-        for got, want in zip(mine[1:], seed[1:]):
+        for got, want in zip(mine[1:], seed[1:], strict=True):
             assert columns(got) == columns(want), (command, got, want)
             # Same cells but the generated pod suffix, age and restarts.
             assert got.split()[1:3] == want.split()[1:3]

@@ -15,10 +15,10 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, make_config, project, run_inv
-from test_nodes import stand_in_vagrant
 
-from tasks import nodes, providers, render, vm
+from conftest import ROOT, make_config, project, run_inv
+from tasks import providers, render
+from test_nodes import stand_in_vagrant
 
 MACHINE_READABLE = """\
 1795838515,calico-01,metadata,provider,virtualbox
