@@ -73,4 +73,15 @@ def config(tmp_path):
     return make_config(tmp_path)
 
 
+# Fixtures that start real sshd nodes, which need root (tests/sshnodes.py).
+NODE_FIXTURES = {"ssh_nodes", "ssh_cluster"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `nodes` every test that uses the sshd nodes, directly or through another fixture."""
+    for item in items:
+        if NODE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.nodes)
+
+
 from sshnodes import ssh_cluster, ssh_nodes  # noqa: E402,F401  (real sshd nodes, see tests/sshnodes.py)
