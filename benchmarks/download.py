@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Not this folder: its scripts (copy.py, ...) would shadow modules of the standard library.
-sys.path[:] = [str(ROOT / "tests"), str(ROOT),
-               *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Replace this folder on the path: benchmarks/copy.py would shadow the standard library's copy.
-sys.path[0:1] = [str(ROOT / "tests"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from conftest import run_inv  # noqa: E402
 from sshnodes import SSHNodes  # noqa: E402

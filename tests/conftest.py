@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,17 @@ SEED = ROOT.parent / "shared" / "seed"
 
 
 def seed_file(*parts: str):
-    """A file of the seed; the test is skipped, saying why, where the seed is not beside this checkout."""
+    """A file of the seed; where the seed is not beside this checkout the test is skipped, saying why.
+
+    Under CI (CI=true) it fails instead: there the seed is always laid beside
+    the checkout, so a missing one is a broken setup, not a reason to test less.
+    """
     path = SEED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is not there: the seed procedure must sit beside this checkout")
+        message = f"{path} is not there: the seed procedure must sit beside this checkout"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
@@ -60,7 +68,6 @@ def run_inv(tmp_path: Path, *args: str, config: dict | None = None, timeout: flo
 
 def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, str]:
     """Run the real `inv` with its output on a pseudo-terminal, as a user sees it: (exit status, screen text)."""
-    import os
     import pty
     import re
 
@@ -88,6 +95,17 @@ def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, 
 @pytest.fixture
 def config(tmp_path):
     return make_config(tmp_path)
+
+
+# Fixtures that start real sshd nodes, which need root (tests/sshnodes.py).
+NODE_FIXTURES = {"ssh_nodes", "ssh_cluster"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `nodes` every test that uses the sshd nodes, directly or through another fixture."""
+    for item in items:
+        if NODE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.nodes)
 
 
 from sshnodes import ssh_cluster, ssh_nodes  # noqa: E402,F401  (real sshd nodes, see tests/sshnodes.py)

@@ -13,10 +13,11 @@ before each test every node's filesystem is emptied and every stopped sshd is
 started again. Outside pytest (benchmarks): `with SSHNodes(tmp, count=6) as nodes:`.
 
 Each node `calico-0N` is an sshd listening on 127.0.0.N:PORT (one free PORT for
-all), started as `unshare --mount --uts --propagation private` with its own
-hostname, its own host key and its own client key (`.key_file(name)`; a node
-accepts only its own, so a key leaking to another host fails the login). Inside
-its mount namespace the node sees these folders of `.root(name)`:
+all, below the ephemeral port range), started as `unshare --mount --uts
+--propagation private` with its own hostname, its own host key and its own
+client key (`.key_file(name)`; a node accepts only its own, so a key leaking to
+another host fails the login). Inside its mount namespace the node sees these
+folders of `.root(name)`:
 
     root/opt                      -> /opt
     root/srv                      -> /srv
@@ -34,11 +35,14 @@ empty on this machine if missing and left there: other sessions may be using the
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,13 +86,21 @@ NAMESPACE_SCRIPT = 'hostname "$NODE_NAME" && {mounts} && exec "$@"'
 
 
 def free_port(addresses: list[str]) -> int:
-    """A TCP port free on every one of `addresses`."""
+    """A TCP port free on every one of `addresses`, below the kernel's ephemeral range.
+
+    Nodes restart on their port (`stop`, then `start`): a port the kernel never
+    gives to a bind(0) or an outgoing connection cannot be taken meanwhile by a
+    test server or a client of another xdist worker or session.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = random.SystemRandom()
     for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = probe.getsockname()[1]
+        port = ports.randrange(10000, low) if low > 11000 else 0
         try:
-            for address in addresses:
+            with socket.socket() as probe:
+                probe.bind((addresses[0], port))
+                port = probe.getsockname()[1]
+            for address in addresses[1:]:
                 with socket.socket() as s:
                     s.bind((address, port))
         except OSError:
@@ -97,20 +109,41 @@ def free_port(addresses: list[str]) -> int:
     raise RuntimeError(f"no TCP port free on all of {addresses}")
 
 
+def _account_tool(*args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+    """useradd/usermod, tried again while another process holds the lock of /etc/passwd."""
+    for _ in range(50):
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode in ok or "lock" not in done.stderr:
+            break
+        time.sleep(0.1)
+    return done
+
+
 def ensure_user() -> None:
-    """The `core` user with a home, unlocked for key login, passwordless sudo."""
-    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
-        done = subprocess.run(["useradd", "-m", "-s", "/bin/bash", USER], capture_output=True, text=True)
-        if done.returncode not in (0, 9):  # 9: created meanwhile by another session
-            raise RuntimeError(f"useradd {USER}: {done.stderr.strip()}")
-    subprocess.run(["usermod", "-p", "*", USER], check=True, capture_output=True)
-    sudoers = Path("/etc/sudoers.d") / USER
-    line = f"{USER} ALL=(ALL) NOPASSWD:ALL\n"
-    if not sudoers.exists() or sudoers.read_text() != line:
-        tmp = sudoers.with_name(f".{USER}.tmp")
-        tmp.write_text(line)
-        tmp.chmod(0o440)
-        os.replace(tmp, sudoers)
+    """The `core` user with a home, unlocked for key login, passwordless sudo.
+
+    xdist workers (and other sessions) set up nodes at the same time: the
+    workers of this machine take turns through a lock file, and the account
+    tools are tried again while some other process edits /etc/passwd.
+    """
+    with open("/run/sshnodes-user.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if subprocess.run(["id", USER], capture_output=True).returncode != 0:
+            done = _account_tool("useradd", "-m", "-s", "/bin/bash", USER, ok=(0, 9))  # 9: created meanwhile
+            if done.returncode not in (0, 9):
+                raise RuntimeError(f"useradd {USER}: {done.stderr.strip()}")
+        done = _account_tool("usermod", "-p", "*", USER)
+        if done.returncode != 0:
+            raise RuntimeError(f"usermod {USER}: {done.stderr.strip()}")
+        sudoers = Path("/etc/sudoers.d") / USER
+        line = f"{USER} ALL=(ALL) NOPASSWD:ALL\n"
+        if not sudoers.exists() or sudoers.read_text() != line:
+            # A name of its own (sessions without this lock write too); sudo skips names with a dot.
+            fd, tmp = tempfile.mkstemp(dir=sudoers.parent, prefix=f".{USER}.", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(line)
+            os.chmod(tmp, 0o440)
+            os.replace(tmp, sudoers)
 
 
 def _keygen(path: Path) -> None:

@@ -1,6 +1,6 @@
 """Time `inv copy` of real-size binaries to 1, 3 and 6 local OpenSSH nodes.
 
-    python benchmarks/copy.py [--runs N]   (default 3; the best of N is kept)
+    python benchmarks/copy_nodes.py [--runs N]   (default 3; the best of N is kept)
 
 Random files with the sizes of the Kubernetes v1.1.7 / Calico v0.15 artifacts
 (about 210 MB in all) stand in for the downloads; the nodes are real sshd
@@ -10,18 +10,14 @@ an unchanged re-run on 3 nodes <= 1.5 s. Everything is removed at the end.
 """
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
+import subprocess
 import sys
-
-# This file's folder first on sys.path would make it the standard library's `copy` module.
-sys.path = [p for p in sys.path if not p.endswith("benchmarks")]
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import tempfile
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
