@@ -4,6 +4,7 @@ Invoke's root collection. The step modules live in the `tasks/` folder, which
 this module makes its package (see docs/design.md), so `tasks.render` etc.
 import the same way under `inv` and under pytest.
 """
+
 import importlib
 from pathlib import Path
 

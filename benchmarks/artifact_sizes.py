@@ -1,4 +1,5 @@
 """Random stand-ins for the seed's downloads, at their real sizes (about 210 MB in all)."""
+
 from __future__ import annotations
 
 import os

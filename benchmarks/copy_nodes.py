@@ -8,6 +8,7 @@ processes on 127.0.0.1..6 (tests/sshnodes.py, needs root). Each time is the
 whole `inv copy` command, as a user runs it. Goals: 3 nodes <= 1.3 x 1 node;
 an unchanged re-run on 3 nodes <= 1.5 s. Everything is removed at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def inv_copy(config_file: Path) -> tuple[float, float]:
     """(wall seconds, machine CPU seconds) of one `inv copy`."""
     os.sync()  # the previous step's writes are flushed now, not during this measurement
     started, cpu = time.perf_counter(), busy_seconds()
-    done = subprocess.run([sys.executable, "-m", "invoke", "-f", str(config_file), "copy"],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "-f", str(config_file), "copy"], cwd=ROOT, capture_output=True, text=True
+    )
     elapsed, cpu = time.perf_counter() - started, busy_seconds() - cpu
     if done.returncode != 0:
         raise SystemExit(f"inv copy failed ({done.returncode}): {done.stderr.strip()}")
@@ -86,11 +88,15 @@ def main() -> None:
                 rate = f"{total * case / wall / 1e6:>8.0f}" if case != "unchanged" else f"{'':>8}"
                 label = f"{case} node(s)" if case != "unchanged" else "3 nodes, unchanged"
                 print(f"{label:<22}{wall:>9.2f}{wall / one:>10.2f}{rate}{cpu:>8.2f}{cpu / cpus:>19.2f}")
-            print(f"goal 3 nodes <= 1.3 x 1 node: {'met' if times[3][0] <= 1.3 * one else 'NOT met'}"
-                  f" ({times[3][0] / one:.2f}; the CPU the 3-node copy needs, spread over {cpus} CPUs,"
-                  f" already takes {times[3][1] / cpus / one:.2f} x the 1-node time)")
-            print(f"goal unchanged re-run <= 1.5 s: {'met' if times['unchanged'][0] <= 1.5 else 'NOT met'}"
-                  f" ({times['unchanged'][0]:.2f} s)")
+            print(
+                f"goal 3 nodes <= 1.3 x 1 node: {'met' if times[3][0] <= 1.3 * one else 'NOT met'}"
+                f" ({times[3][0] / one:.2f}; the CPU the 3-node copy needs, spread over {cpus} CPUs,"
+                f" already takes {times[3][1] / cpus / one:.2f} x the 1-node time)"
+            )
+            print(
+                f"goal unchanged re-run <= 1.5 s: {'met' if times['unchanged'][0] <= 1.5 else 'NOT met'}"
+                f" ({times['unchanged'][0]:.2f} s)"
+            )
             nodes.reset()
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -14,6 +14,7 @@ has; the GitHub ones get none (those look-ups answer 404, as on GitHub).
 Goals: cold <= 0.40 x sequential, re-run <= 0.5 s.
 Run: python benchmarks/download.py [--rate MB/s] [--latency s] [--scale 0.1]
 """
+
 from __future__ import annotations
 
 import sys
@@ -64,8 +65,12 @@ def sequential(urls: list[str], folder: Path) -> tuple[float, str]:
 
 def inv(config_file: Path, *args: str) -> float:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "invoke", "-f", str(config_file), *(args or ["download"])],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "-f", str(config_file), *(args or ["download"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.monotonic() - started
     if result.returncode:
         sys.exit(f"inv download failed:\n{result.stdout}{result.stderr}")
@@ -91,8 +96,9 @@ def run(work: Path, args) -> None:
     with FileServer(rate=args.rate * 1e6, latency=args.latency) as server:
         mirrors = {"https://storage.googleapis.com/": server.base + "/", "https://github.com/": server.base + "/"}
         artifacts = [dict(a, sha256="") for a in ARTIFACTS]
-        config = make_config(work, download={"mirrors": mirrors, "artifacts": artifacts,
-                                             "lock_file": str(work / "downloads.lock")})
+        config = make_config(
+            work, download={"mirrors": mirrors, "artifacts": artifacts, "lock_file": str(work / "downloads.lock")}
+        )
         urls = []
         for art in artifacts(config):
             path = url_path(art.url)
@@ -117,13 +123,19 @@ def run(work: Path, args) -> None:
     for name, path in files.items():
         assert digest(work / "downloads" / name, "sha256") == digest(path, "sha256"), name
 
-    print(f"{len(files)} files, {total / 1e6:.1f} MB; {args.rate:g} MB/s per connection, "
-          f"{args.latency * 1000:g} ms first-byte latency; download.parallel = {config['download']['parallel']}")
+    print(
+        f"{len(files)} files, {total / 1e6:.1f} MB; {args.rate:g} MB/s per connection, "
+        f"{args.latency * 1000:g} ms first-byte latency; download.parallel = {config['download']['parallel']}"
+    )
     print(f"sequential ({tool}, one connection each): {seq:6.2f} s")
-    print(f"inv download, cold:                       {cold:6.2f} s  ratio {cold / seq:.2f}  "
-          f"(goal <= 0.40: {'met' if cold <= 0.40 * seq else 'MISSED'}); {requests_cold} requests")
-    print(f"inv download, re-run (process):           {rerun:6.2f} s  "
-          f"(goal <= 0.5 s: {'met' if rerun <= 0.5 else 'MISSED'}); 0 requests")
+    print(
+        f"inv download, cold:                       {cold:6.2f} s  ratio {cold / seq:.2f}  "
+        f"(goal <= 0.40: {'met' if cold <= 0.40 * seq else 'MISSED'}); {requests_cold} requests"
+    )
+    print(
+        f"inv download, re-run (process):           {rerun:6.2f} s  "
+        f"(goal <= 0.5 s: {'met' if rerun <= 0.5 else 'MISSED'}); 0 requests"
+    )
     print(f"  of which starting Python + Invoke:      {floor:6.2f} s  (`inv --list`)")
     print(f"fetch_all, re-run (in process):           {in_process:6.3f} s")
 

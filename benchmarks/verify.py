@@ -6,6 +6,7 @@ calicoctl installed by the real `inv copy` and the addons created by the real
 run, is `inv --list`: Invoke's own start-up, which every `inv` run pays.
 Run as root: `python benchmarks/verify.py [--runs N]`.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ kubectl 1.1 has no `apply`: re-creating an object fails with "already
 exists", which counts as done, so a re-run changes nothing. Then the task
 waits until the pods of those manifests run.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,11 +22,15 @@ from tasks.ui import last_line
 
 EXISTS = re.compile(r'(\w+) "([^"]+)" already exists')
 # What kubectl 1.1 says while the cluster is still starting: worth asking again.
-STARTING = re.compile(r"was refused|No API token found|couldn't read version|timed? ?out|ServiceUnavailable|"
-                      r"not yet ready", re.I)
+STARTING = re.compile(
+    r"was refused|No API token found|couldn't read version|timed? ?out|ServiceUnavailable|"
+    r"not yet ready",
+    re.I,
+)
 
 
 # -- pure --------------------------------------------------------------------------
+
 
 def create_outcome(stdout: str, stderr: str, exited: int) -> tuple[list[str], list[str], list[str]]:
     """kubectl 1.1 `create -f` output -> (created, already existing, errors).
@@ -33,8 +38,11 @@ def create_outcome(stdout: str, stderr: str, exited: int) -> tuple[list[str], li
     kubectl goes on after a failed object and prints one error a line, so an
     existing object shows as `Error from server: ... namespaces "x" already exists`.
     """
-    created = [line.strip()[:-len(" created")].replace('"', "") for line in stdout.splitlines()
-               if line.strip().endswith(" created")]
+    created = [
+        line.strip()[: -len(" created")].replace('"', "")
+        for line in stdout.splitlines()
+        if line.strip().endswith(" created")
+    ]
     existing, errors = [], []
     for line in stderr.splitlines():
         line = line.strip()
@@ -53,6 +61,7 @@ def create_outcome(stdout: str, stderr: str, exited: int) -> tuple[list[str], li
 
 # -- effects --------------------------------------------------------------------------
 
+
 def create_all(conn, kubectl: str, files: list[str], deadline: float) -> tuple[list[tuple], list[str]]:
     """`kubectl create -f` each file in the home folder, in order: (table rows, errors)."""
     listed = " ".join(shlex.quote(f) for f in files)
@@ -70,8 +79,9 @@ def create_all(conn, kubectl: str, files: list[str], deadline: float) -> tuple[l
     return rows, errors
 
 
-def create_until(conn, kubectl: str, files: list[str], deadline: float,
-                 interval: float) -> tuple[list[tuple], list[str]]:
+def create_until(
+    conn, kubectl: str, files: list[str], deadline: float, interval: float
+) -> tuple[list[tuple], list[str]]:
     """`create_all` again, while its errors are those of a starting cluster, until the deadline.
 
     Right after `inv up` the API server is still starting (connection refused)
@@ -101,14 +111,16 @@ def create_until(conn, kubectl: str, files: list[str], deadline: float,
             said[0] = time.monotonic()
             ui.progress(f"the cluster is still starting, asking again until the timeout: {outcome[1][0]}")
 
-    rows, errors = until(attempt, deadline, interval, done=lambda outcome: not outcome[1], again=starting,
-                         waiting=waiting)
+    rows, errors = until(
+        attempt, deadline, interval, done=lambda outcome: not outcome[1], again=starting, waiting=waiting
+    )
     failed = [row for row in rows if row[2] == "FAILED"]
     return [(manifest, what, result) for (manifest, what), result in done.items()] + failed, errors
 
 
-def wait_pods(conn, cluster: Cluster, kubectl: str, expected: list[Workload], timeout: float,
-              interval: float) -> list[Result]:
+def wait_pods(
+    conn, cluster: Cluster, kubectl: str, expected: list[Workload], timeout: float, interval: float
+) -> list[Result]:
     """Poll the pods of `expected` until all run with every container ready, or `timeout`."""
     namespaces = list(dict.fromkeys(w.namespace for w in expected))
 
@@ -124,8 +136,12 @@ def wait_pods(conn, cluster: Cluster, kubectl: str, expected: list[Workload], ti
     return kube.run_checks([kube.guarded("pods", cluster.master.name, probe)], timeout, interval)
 
 
-@task(help={"timeout": "Seconds to wait for the API server to accept the objects and for the addon pods "
-                       "to run (default addons.timeout)."})
+@task(
+    help={
+        "timeout": "Seconds to wait for the API server to accept the objects and for the addon pods "
+        "to run (default addons.timeout)."
+    }
+)
 @exits
 def addons(c, timeout=None):
     """Create the cluster addons on the master and wait until their pods run.
@@ -148,18 +164,19 @@ def addons(c, timeout=None):
     master = cluster.master.name
     deadline = time.monotonic() + wait
     with Nodes(c, project, names=[master]) as group:
-        rows, errors = group.run(lambda name, conn: create_until(conn, kubectl, files, deadline, interval),
-                                 what="addons")[master]
+        rows, errors = group.run(
+            lambda name, conn: create_until(conn, kubectl, files, deadline, interval), what="addons"
+        )[master]
         ui.table(f"kubectl create on {master}", ("manifest", "object", "result"), rows)
         if errors:
             raise StepError(f"addons: kubectl create failed on {master}: " + "; ".join(errors))
-        results = wait_pods(group[master], cluster, kubectl, expected, max(0.0, deadline - time.monotonic()),
-                            interval)
+        results = wait_pods(group[master], cluster, kubectl, expected, max(0.0, deadline - time.monotonic()), interval)
     ui.table("Addon pods", ("namespace", "node", "result", "pod"), kube.table_rows(results))
     bad = [r for r in results if not r.ok]
     if bad:
-        raise StepError(f"addons: pods not running after {wait:g} s: "
-                        + "; ".join(f"{r.detail} (on {r.node})" for r in bad))
+        raise StepError(
+            f"addons: pods not running after {wait:g} s: " + "; ".join(f"{r.detail} (on {r.node})" for r in bad)
+        )
     ui.say(f"Addons running: {len(results)} pod(s).")
 
 

@@ -14,6 +14,7 @@ remote sha256, mode and owner already match is skipped: a re-run uploads
 nothing. When anything else on a node changed, its cloud-config is installed
 (and activated) again, so units restart onto the new files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,7 +46,7 @@ class Item:
     target: str
     mode: int
     source: Path | None = None
-    owner: str = "root"       # "user": the SSH user (files in its home)
+    owner: str = "root"  # "user": the SSH user (files in its home)
 
     @property
     def is_dir(self) -> bool:
@@ -90,8 +91,10 @@ def plan(project: Project) -> dict[str, list[Item]]:
         if not item.file.is_file():
             raise StepError(f"downloaded file {item.source} is missing: run `inv download` first")
     common.append(Item(MANIFESTS_DIR, 0o755))
-    common += [Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
-               for name in pki.NODE_FILES]
+    common += [
+        Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
+        for name in pki.NODE_FILES
+    ]
     result = {}
     for node in cluster.nodes:
         items = list(common)
@@ -126,8 +129,9 @@ def _sudo(script: str) -> str:
 def check_command(targets: list[str], state: str) -> str:
     """ONE remote command: mode, owner, type and identity of every target, and the node's record of sums."""
     quoted = " ".join(shlex.quote(t) for t in targets)
-    return _sudo(f"stat -c 'stat|%a|%U|%F|%s|%i|%z|%n' -- {quoted} 2>/dev/null; "
-                 f"cat {shlex.quote(state)} 2>/dev/null; true")
+    return _sudo(
+        f"stat -c 'stat|%a|%U|%F|%s|%i|%z|%n' -- {quoted} 2>/dev/null; cat {shlex.quote(state)} 2>/dev/null; true"
+    )
 
 
 def hash_command(targets: list[str]) -> str:
@@ -147,8 +151,9 @@ def parse_check(text: str) -> dict[str, dict]:
     for line in text.splitlines():
         if line.startswith("stat|"):
             _, mode, owner, kind, size, inode, ctime, target = line.split("|", 7)
-            found.setdefault(target, {}).update(mode=int(mode, 8), owner=owner, kind=kind,
-                                                identity=(size, inode, ctime))
+            found.setdefault(target, {}).update(
+                mode=int(mode, 8), owner=owner, kind=kind, identity=(size, inode, ctime)
+            )
         elif line.startswith("sum|"):
             _, digest, size, inode, ctime, target = line.split("|", 5)
             recorded.append((target, digest, (size, inode, ctime)))
@@ -163,21 +168,28 @@ def parse_check(text: str) -> dict[str, dict]:
 
 def unhashed(items: list[Item], remote: dict[str, dict]) -> list[str]:
     """Existing remote files whose sha256 is not known yet."""
-    return [i.target for i in items if not i.is_dir and remote.get(i.target, {}).get("kind") == "regular file"
-            and "sha256" not in remote[i.target]]
+    return [
+        i.target
+        for i in items
+        if not i.is_dir and remote.get(i.target, {}).get("kind") == "regular file" and "sha256" not in remote[i.target]
+    ]
 
 
 def state_lines(items: list[Item], sums: dict[Path, str], state: str) -> list[str]:
     """Root's commands recording each file's sum with its size, inode and change time."""
     tmp = shlex.quote(state + ".tmp")
     lines = [f": > {tmp}"]
-    lines += [f"stat -c {shlex.quote('sum|' + sums[i.file] + '|%s|%i|%z|%n')} -- {shlex.quote(i.target)} >> {tmp}"
-              for i in items if not i.is_dir]
+    lines += [
+        f"stat -c {shlex.quote('sum|' + sums[i.file] + '|%s|%i|%z|%n')} -- {shlex.quote(i.target)} >> {tmp}"
+        for i in items
+        if not i.is_dir
+    ]
     return lines + [f"mv -f {tmp} {shlex.quote(state)}"]
 
 
 def needed(items: list[Item], remote: dict[str, dict], sums: dict[Path, str], user: str) -> list[Item]:
     """The items whose remote copy is missing or differs in content, mode or owner."""
+
     def current(item: Item) -> bool:
         have = remote.get(item.target, {})
         owner = user if item.owner == "user" else item.owner
@@ -199,7 +211,9 @@ def install_script(items: list[Item], tmp: str, user: str, activate: str, record
     lines = ["set -e", f"trap 'rm -rf {shlex.quote(tmp)}' EXIT"]
     for index, item in enumerate(items):
         target = shlex.quote(item.target)
-        owner = f"-o {shlex.quote(user)} -g \"$(id -g {shlex.quote(user)})\"" if item.owner == "user" else "-o root -g root"
+        owner = (
+            f'-o {shlex.quote(user)} -g "$(id -g {shlex.quote(user)})"' if item.owner == "user" else "-o root -g root"
+        )
         if item.is_dir:
             lines.append(f"install -d -m {item.mode:04o} {owner} {target}")
         else:
@@ -241,8 +255,9 @@ def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False, bar
     home = sftp.normalize(".")
     user = conn.user
     state = f"{home}/{STATE}"
-    items = [Item(home + i.target[1:], i.mode, i.source, i.owner) if i.target.startswith(HOME + "/") else i
-             for i in items]
+    items = [
+        Item(home + i.target[1:], i.mode, i.source, i.owner) if i.target.startswith(HOME + "/") else i for i in items
+    ]
     remote = parse_check(conn.run(check_command([i.target for i in items], state), hide=True).stdout)
     unknown = unhashed(items, remote)
     if unknown:
@@ -267,6 +282,7 @@ def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False, bar
 
         def advance(count: int) -> None:
             bars.advance(bar, count)
+
     try:
         for index, item in enumerate(todo):
             if not item.is_dir:
@@ -294,15 +310,26 @@ def _dry_tables(cluster: Cluster, wanted: dict[str, list[Item]], activate: str) 
     from tasks import ui
 
     for node in cluster.nodes:
-        rows = [(i.target, "directory" if i.is_dir else f"{i.mode:04o}", node.user if i.owner == "user" else i.owner,
-                 i.source or "") for i in wanted[node.name]]
+        rows = [
+            (
+                i.target,
+                "directory" if i.is_dir else f"{i.mode:04o}",
+                node.user if i.owner == "user" else i.owner,
+                i.source or "",
+            )
+            for i in wanted[node.name]
+        ]
         if activate:
             rows.append(("(then run)", "", "root", activate))
         ui.table(f"{node.name} would get", ("target", "mode", "owner", "from"), rows)
 
 
-@task(help={"dry": "Print what each node would get and what is already there; change nothing "
-                   "(the nodes must answer over SSH)."})
+@task(
+    help={
+        "dry": "Print what each node would get and what is already there; change nothing "
+        "(the nodes must answer over SSH)."
+    }
+)
 @exits
 def copy(c, dry=False):
     """Copy binaries, PKI, manifests and each node's cloud-config (last) to every node over SSH.
@@ -320,7 +347,7 @@ def copy(c, dry=False):
 
 
 def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool = False) -> None:
-    """Bring every node up to date over the `Nodes` group (from `plan`); a table, then NodesFailed naming failed nodes."""
+    """Bring every node up to date over the `Nodes` group (from `plan`): a table, then NodesFailed if any failed."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tasks import ui
@@ -333,7 +360,8 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool =
         # Hash the local files while the nodes are reached and checked.
         sums = background.submit(digests, [i for items in wanted.values() for i in items])
         reports, failures = group.attempt(
-            lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name))
+            lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name)
+        )
     rows: list[tuple] = []
     for node in cluster.nodes:
         if node.name in failures:

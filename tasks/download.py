@@ -11,6 +11,7 @@ no network request at all.
 Planning (artifacts, URLs, lock file, what to fetch) is pure; `Fetcher` holds
 every effect (HTTP sessions, the thread pool, files).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,14 +34,15 @@ from tasks.files import write_atomic
 from tasks.settings import Artifact, Project, is_http
 
 CHUNK = 256 * 1024
-BACKOFF = 0.5                # seconds before the second try; doubled before each later one
+BACKOFF = 0.5  # seconds before the second try; doubled before each later one
 MAX_BACKOFF = 8.0
 # Digest files that release servers publish beside a file, strongest first.
 DIGEST_FILES = (("sha256", ".sha256"), ("sha1", ".sha1"), ("md5", ".md5"))
 # Size and times of each verified file with its sha256, so a re-run need not hash 200 MB again.
 CACHE = ".verified.json"
-LOCK_HEADER = ("# sha256 of every artifact `inv download` fetched; commit this file.\n"
-               "# <sha256>  <name>  <upstream URL>\n")
+LOCK_HEADER = (
+    "# sha256 of every artifact `inv download` fetched; commit this file.\n# <sha256>  <name>  <upstream URL>\n"
+)
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -51,6 +53,7 @@ class Locked:
 
 
 # --- planning (pure) -------------------------------------------------------
+
 
 def select(every: list[Artifact], only) -> list[Artifact]:
     """The artifacts named in `only` (all when empty), in configured order."""
@@ -90,8 +93,7 @@ def wanted(art: Artifact, lock: dict[str, Locked], update_lock: bool, lock_name:
 
 def relocked(lock: dict[str, Locked], every: list[Artifact], digests: dict[str, str]) -> dict[str, Locked]:
     """The lock with the given digests recorded and artifacts no longer configured dropped."""
-    new = {a.name: Locked(digests[a.name], a.upstream) if a.name in digests else lock.get(a.name)
-           for a in every}
+    new = {a.name: Locked(digests[a.name], a.upstream) if a.name in digests else lock.get(a.name) for a in every}
     return {name: entry for name, entry in new.items() if entry}
 
 
@@ -122,6 +124,7 @@ def human(size: int | None) -> str:
 
 
 # --- local files -------------------------------------------------------------
+
 
 def _hash_into(path: Path, hashers: dict) -> int:
     count = 0
@@ -173,6 +176,7 @@ def part_path(art: Artifact) -> Path:
 
 # --- effects: HTTP -------------------------------------------------------------
 
+
 class Transient(Exception):
     """Worth another try: connection error, timeout, HTTP 5xx, a body cut short."""
 
@@ -187,7 +191,8 @@ def _classify(err, timeout: int) -> Exception:
     from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
     if isinstance(err, (requests.Timeout, ReadTimeoutError)) or (
-            err.args and isinstance(err.args[0], ReadTimeoutError)):
+        err.args and isinstance(err.args[0], ReadTimeoutError)
+    ):
         return Transient(f"timed out: no data for {timeout} s")
     if isinstance(err, (requests.exceptions.ChunkedEncodingError, ProtocolError)):
         return Transient("connection broken in the middle of the body")
@@ -200,9 +205,9 @@ def _classify(err, timeout: int) -> Exception:
 
 @dataclass
 class Outcome:
-    downloaded: list = field(default_factory=list)   # (Artifact, size, seconds)
-    present: list = field(default_factory=list)      # Artifact
-    failed: list = field(default_factory=list)       # (Artifact, reason)
+    downloaded: list = field(default_factory=list)  # (Artifact, size, seconds)
+    present: list = field(default_factory=list)  # Artifact
+    failed: list = field(default_factory=list)  # (Artifact, reason)
     lock: Path = Path(".")
     lock_changed: bool = False
 
@@ -264,8 +269,11 @@ class Bars(Lines):
                 self.rows[art.name] = self.progress.add_task(art.name, total=total)
             self.progress.update(self.rows[art.name], total=total, completed=done)
             self.sizes[art.name] = total or 0
-            self.progress.update(self.total, total=sum(self.sizes.values()),
-                                 completed=sum(t.completed for t in self.progress.tasks if t.id != self.total))
+            self.progress.update(
+                self.total,
+                total=sum(self.sizes.values()),
+                completed=sum(t.completed for t in self.progress.tasks if t.id != self.total),
+            )
 
     def advanced(self, art, count):
         self.progress.advance(self.rows[art.name], count)
@@ -279,8 +287,7 @@ class Fetcher:
     """HTTP for many artifacts: a session per worker thread (connections reused), tries with backoff."""
 
     def __init__(self, timeout: int, tries: int, parallel: int, report: Quiet, backoff: float = BACKOFF):
-        self.timeout, self.tries, self.parallel, self.report, self.backoff = (
-            timeout, tries, parallel, report, backoff)
+        self.timeout, self.tries, self.parallel, self.report, self.backoff = (timeout, tries, parallel, report, backoff)
         self.stop = threading.Event()
         self._local = threading.local()
         self._sessions: list = []
@@ -314,8 +321,9 @@ class Fetcher:
 
     def request(self, url: str, method: str = "GET", headers: dict | None = None):
         """A streamed response, redirects followed; HTTP 5xx (but 501) raises Transient."""
-        response = self.session().request(method, url, headers=headers, stream=True, allow_redirects=True,
-                                          timeout=(self.timeout, self.timeout))
+        response = self.session().request(
+            method, url, headers=headers, stream=True, allow_redirects=True, timeout=(self.timeout, self.timeout)
+        )
         if response.status_code >= 500 and response.status_code != 501:  # 501: method not implemented, for good
             response.close()
             raise Transient(f"HTTP {response.status_code} {response.reason}")
@@ -343,8 +351,9 @@ class Fetcher:
         """`step(item)` for every item on a pool of download.parallel threads; yields (item, result or Failed)."""
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
-        with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(items))),
-                                thread_name_prefix="download") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, min(self.parallel, len(items))), thread_name_prefix="download"
+        ) as pool:
             futures = {pool.submit(self._guarded, step, item): item for item in items}
             try:
                 for future in as_completed(futures):
@@ -435,8 +444,7 @@ class Fetcher:
             got = have
             # read1 hands over whatever has arrived, so a cut loses no byte already received.
             read1 = getattr(response.raw, "read1", None)
-            chunks = (iter(lambda: read1(CHUNK, decode_content=False), b"") if read1
-                      else response.iter_content(CHUNK))
+            chunks = iter(lambda: read1(CHUNK, decode_content=False), b"") if read1 else response.iter_content(CHUNK)
             with open(part, "ab" if have else "wb") as out:
                 for chunk in chunks:
                     if self.stop.is_set():
@@ -457,6 +465,7 @@ class Fetcher:
 
     def probe(self, art: Artifact) -> tuple[str, int | None]:
         """(status, size) of art.url without downloading it: HEAD, or a GET closed at once."""
+
         def ask():
             with self.request(art.url, method="HEAD") as response:
                 if response.status_code not in (403, 405, 501):
@@ -476,6 +485,7 @@ class Fetcher:
 
 # --- the steps -------------------------------------------------------------
 
+
 def read_lock(path: Path) -> dict[str, Locked]:
     try:
         text = path.read_text()
@@ -484,8 +494,9 @@ def read_lock(path: Path) -> dict[str, Locked]:
     return parse_lock(text, path.name)
 
 
-def fetch_all(project: Project, *, only=(), update_lock: bool = False, parallel: int = 0,
-              progress=Quiet, backoff: float = BACKOFF) -> Outcome:
+def fetch_all(
+    project: Project, *, only=(), update_lock: bool = False, parallel: int = 0, progress=Quiet, backoff: float = BACKOFF
+) -> Outcome:
     """Bring the downloads folder up to date with download.artifacts; ConfigError for an unknown `only` name.
 
     `progress()` makes the progress display, only if something is to be downloaded.
@@ -542,12 +553,15 @@ def check_all(project: Project, *, only=(), parallel: int = 0) -> list[tuple[Art
     return [(art, *found[art]) for art in chosen]
 
 
-@task(iterable=["only"], help={
-    "check": "Only ask each URL (through download.mirrors) whether it exists and its size; download nothing.",
-    "update-lock": "Download again and record what upstream serves now in the lock file (pins still apply).",
-    "parallel": "Simultaneous downloads (default: download.parallel).",
-    "only": "Only this artifact (by name); repeat for several.",
-})
+@task(
+    iterable=["only"],
+    help={
+        "check": "Only ask each URL (through download.mirrors) whether it exists and its size; download nothing.",
+        "update-lock": "Download again and record what upstream serves now in the lock file (pins still apply).",
+        "parallel": "Simultaneous downloads (default: download.parallel).",
+        "only": "Only this artifact (by name); repeat for several.",
+    },
+)
 @exits
 def download(c, check=False, update_lock=False, parallel=0, only=None):
     """Download the cluster's binaries into paths.downloads, verified against pins and the lock file.
@@ -563,11 +577,18 @@ def download(c, check=False, update_lock=False, parallel=0, only=None):
         raise ConfigError("--parallel", parallel, "a whole number of at least 1 (0: download.parallel)")
     if check:
         return _report_check(check_all(project, only=only, parallel=parallel))
-    outcome = fetch_all(project, only=only, update_lock=update_lock, parallel=parallel,
-                        progress=lambda: Bars() if ui.console().is_terminal else Lines())
+    outcome = fetch_all(
+        project,
+        only=only,
+        update_lock=update_lock,
+        parallel=parallel,
+        progress=lambda: Bars() if ui.console().is_terminal else Lines(),
+    )
     lock_note = f"{outcome.lock.name} updated" if outcome.lock_changed else f"{outcome.lock.name} unchanged"
-    ui.say(f"{len(outcome.downloaded)} downloaded, {len(outcome.present)} already present and verified "
-           f"in {project.downloads_dir}; {lock_note}.")
+    ui.say(
+        f"{len(outcome.downloaded)} downloaded, {len(outcome.present)} already present and verified "
+        f"in {project.downloads_dir}; {lock_note}."
+    )
     if outcome.failed:
         names = ", ".join(art.name for art, _ in outcome.failed)
         total = len(outcome.failed) + len(outcome.downloaded) + len(outcome.present)
@@ -577,8 +598,11 @@ def download(c, check=False, update_lock=False, parallel=0, only=None):
 def _report_check(rows) -> None:
     from tasks import ui
 
-    ui.table("Artifacts (through download.mirrors)", ("artifact", "url", "status", "size"),
-             [(art.name, art.url, status, human(size)) for art, status, size in rows])
+    ui.table(
+        "Artifacts (through download.mirrors)",
+        ("artifact", "url", "status", "size"),
+        [(art.name, art.url, status, human(size)) for art, status, size in rows],
+    )
     missing = [f"{art.name} ({status})" for art, status, _ in rows if not status[:1] == "2"]
     if missing:
         raise StepError(f"not available: {', '.join(missing)}")

@@ -6,6 +6,7 @@ node name), its kind `ConfigError` for a setting that cannot be used, and
 into `invoke.Exit`: 2 for bad input, 1 otherwise, with the message as it is
 (one line per problem).
 """
+
 from __future__ import annotations
 
 import functools

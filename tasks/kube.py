@@ -4,6 +4,7 @@ Pure: the workloads the addon manifests run, and kubectl's JSON turned into
 `Result` rows. Effects: a bounded remote command, `kubectl ... -o json`, and
 checks polled in parallel against one deadline.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ from tasks.errors import StepError, UsageError
 from tasks.settings import Cluster, Project
 from tasks.ui import last_line
 
-Probe = Callable[[float], list["Result"]]   # deadline -> rows
+Probe = Callable[[float], list["Result"]]  # deadline -> rows
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class Workload:
 
     namespace: str
     name: str
-    kind: str                      # "Pod" or "ReplicationController"
-    selector: tuple = ()           # RC: sorted (label, value) pairs its pods carry
+    kind: str  # "Pod" or "ReplicationController"
+    selector: tuple = ()  # RC: sorted (label, value) pairs its pods carry
 
     def owns(self, pod: dict) -> bool:
         meta = pod.get("metadata", {})
@@ -54,6 +55,7 @@ class CheckError(Exception):
 
 
 # -- pure ------------------------------------------------------------------------
+
 
 def seconds(value, default, flag: str = "--timeout") -> float:
     """A task's timeout flag (a string when given, None when not) or the configured default."""
@@ -121,8 +123,10 @@ def pod_state(pod: dict) -> tuple[bool, str]:
         state = c.get("state") or {}
         how = next(iter(state), "unknown")
         reason = (state.get(how) or {}).get("reason") or (state.get(how) or {}).get("message")
-        problems.append(f"{c.get('name')} not ready ({how}{': ' + reason if reason else ''}"
-                        f"{', restarts ' + str(c['restartCount']) if c.get('restartCount') else ''})")
+        problems.append(
+            f"{c.get('name')} not ready ({how}{': ' + reason if reason else ''}"
+            f"{', restarts ' + str(c['restartCount']) if c.get('restartCount') else ''})"
+        )
     if status.get("reason") or status.get("message"):
         problems.insert(0, ": ".join(v for v in (status.get("reason"), status.get("message")) if v))
     ok = phase == "Running" and wanted > 0 and ready == wanted
@@ -150,6 +154,7 @@ def table_rows(results: list[Result]) -> list[tuple]:
 
 
 # -- effects ----------------------------------------------------------------------
+
 
 def remote(conn, command: str, deadline: float):
     """Run `command` on `conn`, bounded by the run's deadline; never raises on exit status."""
@@ -179,6 +184,7 @@ def guarded(check: str, node: str, probe: Probe) -> Probe:
             return [Result(check, node, False, str(err))]
         except Exception as err:  # SSH and command errors are this check's result, not a crash
             return [Result(check, node, False, f"cannot run the check: {describe(err)}")]
+
     return run
 
 
@@ -201,6 +207,7 @@ def run_checks(checks: list[Probe], timeout: float, interval: float, every: floa
         def attempt():
             latest[probe] = probe(deadline)
             return latest[probe]
+
         return until(attempt, deadline, interval, done=lambda rows: all(r.ok for r in rows))
 
     with ThreadPoolExecutor(max_workers=len(checks)) as pool:
@@ -208,6 +215,8 @@ def run_checks(checks: list[Probe], timeout: float, interval: float, every: floa
         while wait(futures, timeout=every).not_done:
             failing = [r for rows in list(latest.values()) for r in rows if not r.ok]
             if failing:
-                ui.progress(f"waiting {time.monotonic() - started:.0f}/{timeout:g} s for "
-                            + "; ".join(f"{r.check} on {r.node}: {r.detail}" for r in failing))
+                ui.progress(
+                    f"waiting {time.monotonic() - started:.0f}/{timeout:g} s for "
+                    + "; ".join(f"{r.check} on {r.node}: {r.detail}" for r in failing)
+                )
     return [row for f in futures for row in f.result()]

@@ -10,6 +10,7 @@ The provider says how to reach each node. Every connection has a Fabric config
 of its own, cloned from the task's, so one machine's key never leaks to the
 next (DESIGN.md §3).
 """
+
 from __future__ import annotations
 
 import socket
@@ -117,8 +118,9 @@ def booting(error: BaseException) -> bool:
 
     if isinstance(error, paramiko.AuthenticationException):
         return False
-    return isinstance(error, (ConnectionError, NoValidConnectionsError, socket.timeout, TimeoutError,
-                              EOFError, paramiko.SSHException))
+    return isinstance(
+        error, (ConnectionError, NoValidConnectionsError, socket.timeout, TimeoutError, EOFError, paramiko.SSHException)
+    )
 
 
 class Nodes:
@@ -140,8 +142,12 @@ class Nodes:
 
     def __enter__(self) -> "Nodes":
         targets = self.provider.targets(self.names)
-        self.connections = {name: _connection(self.project.invoke_config, targets[name], self.project.ssh_timeout,
-                                              self.provider.load_ssh_config) for name in self.names}
+        self.connections = {
+            name: _connection(
+                self.project.invoke_config, targets[name], self.project.ssh_timeout, self.provider.load_ssh_config
+            )
+            for name in self.names
+        }
         return self
 
     def __exit__(self, *exc) -> None:
@@ -197,8 +203,7 @@ class Nodes:
 
         def ready(name, conn):
             # A booting machine refuses, resets or times out; a wrong key or user never heals.
-            error = until(lambda: try_once(conn), deadline, 1.0, done=lambda err: err is None,
-                          again=booting)
+            error = until(lambda: try_once(conn), deadline, 1.0, done=lambda err: err is None, again=booting)
             if error is not None:
                 raise error
 

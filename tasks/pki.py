@@ -7,6 +7,7 @@ made on the first render and kept; a certificate is re-issued from it only
 when what it must say changed (the master address, the service range, the
 domain) or it no longer verifies.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -43,11 +44,12 @@ class Want:
     domain: str
 
     def sans(self) -> list[x509.GeneralName]:
-        names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                 f"kubernetes.default.svc.{self.domain}"]
-        return [x509.IPAddress(ipaddress.ip_address(self.master_ip)),
-                x509.IPAddress(ipaddress.ip_address(self.service_ip)),
-                *(x509.DNSName(n) for n in names)]
+        names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc", f"kubernetes.default.svc.{self.domain}"]
+        return [
+            x509.IPAddress(ipaddress.ip_address(self.master_ip)),
+            x509.IPAddress(ipaddress.ip_address(self.service_ip)),
+            *(x509.DNSName(n) for n in names),
+        ]
 
 
 def _new_key() -> rsa.RSAPrivateKey:
@@ -56,8 +58,9 @@ def _new_key() -> rsa.RSAPrivateKey:
 
 def _key_pem(key) -> bytes:
     # PKCS#1 ("RSA PRIVATE KEY"), as easy-rsa wrote it and Kubernetes 1.1 reads it.
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
@@ -69,38 +72,66 @@ def _name(cn: str) -> x509.Name:
 
 
 def _builder(subject: str, issuer: x509.Name, public_key, now: datetime.datetime):
-    return (x509.CertificateBuilder()
-            .subject_name(_name(subject)).issuer_name(issuer)
-            .public_key(public_key).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + VALIDITY)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
 
 
 def make_ca(now: datetime.datetime, key=None) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     """A self-signed CA certificate, for a new key or for `key`."""
     key = key or _new_key()
-    cert = (_builder("kubernetes-ca", _name("kubernetes-ca"), key.public_key(), now)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        _builder("kubernetes-ca", _name("kubernetes-ca"), key.public_key(), now)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
     return cert, key
 
 
 def issue(ca_cert, ca_key, cn: str, key, usage, sans=None, now=None) -> x509.Certificate:
     """A leaf certificate for `key`, signed by the CA."""
     now = now or datetime.datetime.now(datetime.UTC)
-    builder = (_builder(cn, ca_cert.subject, key.public_key(), now)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                            key_encipherment=True, data_encipherment=False,
-                                            key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                            encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                              critical=False))
+    builder = (
+        _builder(cn, ca_cert.subject, key.public_key(), now)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
@@ -163,14 +194,18 @@ def plan(folder: Path, want: Want) -> dict[str, tuple[bytes, int]]:
             ca = make_ca(now, key)
             out[CA_CERT] = (_cert_pem(ca[0]), 0o644)
     if isinstance(ca, Exception):
-        raise PKIError(f"cannot read the CA in {folder} ({CA_CERT}, {CA_KEY}): {ca}; "
-                       f"restore both files, or delete the folder to make a new CA")
+        raise PKIError(
+            f"cannot read the CA in {folder} ({CA_CERT}, {CA_KEY}): {ca}; "
+            f"restore both files, or delete the folder to make a new CA"
+        )
     if ca is None:
         ca = make_ca(now)
         out[CA_CERT], out[CA_KEY] = (_cert_pem(ca[0]), 0o644), (_key_pem(ca[1]), 0o600)
     ca_cert, ca_key = ca
-    leaves = ((SERVER_CERT, SERVER_KEY, "kubernetes-master", ExtendedKeyUsageOID.SERVER_AUTH, want.sans()),
-              (CLIENT_CERT, CLIENT_KEY, "kubecfg", ExtendedKeyUsageOID.CLIENT_AUTH, None))
+    leaves = (
+        (SERVER_CERT, SERVER_KEY, "kubernetes-master", ExtendedKeyUsageOID.SERVER_AUTH, want.sans()),
+        (CLIENT_CERT, CLIENT_KEY, "kubecfg", ExtendedKeyUsageOID.CLIENT_AUTH, None),
+    )
     for cert_name, key_name, cn, usage, sans in leaves:
         pair = _load(folder, cert_name, key_name)
         if _still_good(pair, ca_cert, sans):

@@ -4,6 +4,7 @@ Both answer the same questions, so no step asks which one is in use: the node
 list (from the configuration, pure), how to reach each node over SSH, and how
 to start, list, log in to and delete the machines.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -15,10 +16,14 @@ from dataclasses import dataclass
 from tasks.errors import ConfigError, StepError
 from tasks.settings import Node, positive
 
-VAGRANT_INSTALL = ("vagrant is not installed: install Vagrant (https://developer.hashicorp.com/vagrant/install, "
-                   "or `apt-get install vagrant`) and VirtualBox, or set cluster.provider: hosts")
-VIRTUALBOX_INSTALL = ("VirtualBox is not installed (no VBoxManage on PATH): install VirtualBox "
-                      "(https://www.virtualbox.org/wiki/Downloads), which `vagrant up` needs")
+VAGRANT_INSTALL = (
+    "vagrant is not installed: install Vagrant (https://developer.hashicorp.com/vagrant/install, "
+    "or `apt-get install vagrant`) and VirtualBox, or set cluster.provider: hosts"
+)
+VIRTUALBOX_INSTALL = (
+    "VirtualBox is not installed (no VBoxManage on PATH): install VirtualBox "
+    "(https://www.virtualbox.org/wiki/Downloads), which `vagrant up` needs"
+)
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,9 @@ class Provider:
     """What every provider answers, so that no step asks which one is in use."""
 
     name = ""
-    owns_network = False                 # whether node addresses are taken from cluster.network
-    ignores: tuple[str, ...] = ()        # settings it has no use for
-    load_ssh_config = False              # whether ~/.ssh/config applies to its nodes
+    owns_network = False  # whether node addresses are taken from cluster.network
+    ignores: tuple[str, ...] = ()  # settings it has no use for
+    load_ssh_config = False  # whether ~/.ssh/config applies to its nodes
 
     def __init__(self, project, c):
         self.project, self.c = project, c
@@ -95,12 +100,14 @@ class Vagrant(Provider):
             raise ConfigError("cluster.first_ip", cl["first_ip"], f"a host address inside cluster.network {network}")
         room = int(network.broadcast_address) - int(first)
         if count > room:
-            raise ConfigError("cluster.num_instances", count,
-                              f"at most {room} nodes from {first} inside cluster.network {network}")
+            raise ConfigError(
+                "cluster.num_instances", count, f"at most {room} nodes from {first} inside cluster.network {network}"
+            )
         names = [f"{prefix}-{i:02d}" for i in range(1, count + 1)]
         if not all(LABEL.fullmatch(n) for n in names):
-            raise ConfigError("cluster.instance_name_prefix", prefix,
-                              "a hostname prefix: lowercase letters, digits and '-'")
+            raise ConfigError(
+                "cluster.instance_name_prefix", prefix, "a hostname prefix: lowercase letters, digits and '-'"
+            )
         return [Node(name=n, ip=str(first + i), role=_role(i), address=str(first + i)) for i, n in enumerate(names)]
 
     # -- effects --------------------------------------------------------------------
@@ -178,8 +185,16 @@ class Hosts(Provider):
     """Machines that exist already, listed in cluster.hosts: nothing to start or delete."""
 
     name = "hosts"
-    ignores = ("cluster.num_instances", "cluster.instance_name_prefix", "cluster.first_ip", "cluster.network",
-               "vm.box", "vm.box_url", "vm.memory", "vm.cpus")
+    ignores = (
+        "cluster.num_instances",
+        "cluster.instance_name_prefix",
+        "cluster.first_ip",
+        "cluster.network",
+        "vm.box",
+        "vm.box_url",
+        "vm.memory",
+        "vm.cpus",
+    )
     # Existing machines: honour ~/.ssh/config (ProxyJump to a bastion, IdentityFile, ...) as ssh would.
     load_ssh_config = True
 
@@ -189,8 +204,9 @@ class Hosts(Provider):
 
         entries = cl["hosts"]
         if not entries:
-            raise ConfigError("cluster.hosts", entries,
-                              "at least one {name, address} entry when cluster.provider is hosts")
+            raise ConfigError(
+                "cluster.hosts", entries, "at least one {name, address} entry when cluster.provider is hosts"
+            )
         nodes: list[Node] = []
         for i, entry in enumerate(entries):
             key = f"cluster.hosts[{i}]"
@@ -210,20 +226,41 @@ class Hosts(Provider):
             user = entry.get("user", "core")
             if not LOGIN.fullmatch(user):
                 raise ConfigError(f"{key}.user", user, "a login name: letters, digits, '_', '.', '-'")
-            nodes.append(Node(name=name, ip=ip, role=_role(i), address=entry["address"], port=port, user=user,
-                              key_file=entry.get("key_file", "")))
+            nodes.append(
+                Node(
+                    name=name,
+                    ip=ip,
+                    role=_role(i),
+                    address=entry["address"],
+                    port=port,
+                    user=user,
+                    key_file=entry.get("key_file", ""),
+                )
+            )
         return nodes
 
     def targets(self, names: list[str]) -> dict[str, Target]:
         chosen = [n for n in self.project.cluster.nodes if n.name in names]
-        return {n.name: Target(n.address or n.ip, n.port, n.user,
-                               (os.path.expanduser(n.key_file),) if n.key_file else ()) for n in chosen}
+        return {
+            n.name: Target(n.address or n.ip, n.port, n.user, (os.path.expanduser(n.key_file),) if n.key_file else ())
+            for n in chosen
+        }
 
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
         t = self.targets([node])[node]
-        argv = ["ssh", "-p", str(t.port), "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-                "-o", f"ConnectTimeout={self.project.ssh_timeout}"]
+        argv = [
+            "ssh",
+            "-p",
+            str(t.port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            f"ConnectTimeout={self.project.ssh_timeout}",
+        ]
         for key in t.key_files:
             argv += ["-i", key, "-o", "IdentitiesOnly=yes"]
         if command and sys.stdin.isatty():
@@ -232,8 +269,9 @@ class Hosts(Provider):
         return argv, dict(os.environ), os.getcwd()
 
     def destroy(self, ask) -> None:
-        raise StepError("inv destroy only deletes Vagrant VMs; with cluster.provider hosts the machines are "
-                        "not ours to delete")
+        raise StepError(
+            "inv destroy only deletes Vagrant VMs; with cluster.provider hosts the machines are not ours to delete"
+        )
 
 
 PROVIDERS: dict[str, type[Provider]] = {"vagrant": Vagrant, "hosts": Hosts}
@@ -253,11 +291,17 @@ def parse_ssh_config(text: str, names) -> dict[str, Target]:
     out = {}
     for name in names:
         if name not in known:
-            raise StepError(f"vagrant ssh-config has no entry for {name} "
-                            f"(has: {', '.join(sorted(known - {'*'})) or 'none'}): run `inv up`")
+            raise StepError(
+                f"vagrant ssh-config has no entry for {name} "
+                f"(has: {', '.join(sorted(known - {'*'})) or 'none'}): run `inv up`"
+            )
         entry = parsed.lookup(name)
-        out[name] = Target(entry.get("hostname", name), int(entry.get("port", 22)), entry.get("user", "core"),
-                           tuple(entry.get("identityfile", [])))
+        out[name] = Target(
+            entry.get("hostname", name),
+            int(entry.get("port", 22)),
+            entry.get("user", "core"),
+            tuple(entry.get("identityfile", [])),
+        )
     return out
 
 

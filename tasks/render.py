@@ -4,6 +4,7 @@ Replaces the seed's hand-edited templates and the `sed` calls its Vagrantfile
 ran: everything is rendered in memory from the configuration first, then
 written atomically, so a bad value writes nothing and a re-run changes nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,13 @@ def _environment(folder: Path):
     import jinja2
 
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
 
 
 def user_data_name(node_name: str) -> str:
@@ -43,8 +49,16 @@ def description(cluster: Cluster) -> dict:
         "images": cluster.images,
         "user_data_path": cluster.user_data_path,
         "nodes": [
-            {"name": n.name, "role": n.role, "ip": n.ip, "memory": vm["memory"], "cpus": vm["cpus"],
-             "box": vm["box"], "box_url": vm["box_url"], "user_data": user_data_name(n.name)}
+            {
+                "name": n.name,
+                "role": n.role,
+                "ip": n.ip,
+                "memory": vm["memory"],
+                "cpus": vm["cpus"],
+                "box": vm["box"],
+                "box_url": vm["box_url"],
+                "user_data": user_data_name(n.name),
+            }
             for n in cluster.nodes
         ],
     }
@@ -120,8 +134,11 @@ def render(c, quiet=False):
     rows = [(n.name, n.role, n.ip, user_data_name(n.name)) for n in cluster.nodes]
     ui.table(f"Rendered into {project.output_dir}", ("node", "role", "address", "files"), rows)
     written = changed + pki_changed
-    ui.say(f"{len(written)} file(s) written: {', '.join(written)}" if written
-           else "Nothing changed: every file was already up to date.")
+    ui.say(
+        f"{len(written)} file(s) written: {', '.join(written)}"
+        if written
+        else "Nothing changed: every file was already up to date."
+    )
 
 
 @task(name="config")

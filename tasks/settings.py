@@ -5,6 +5,7 @@ Pure: `build(config)` takes the configuration mapping and returns the
 naming the key, the value and what is expected. `load(c)` does the same for a
 task's context.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,22 +30,35 @@ ROOT = Path(__file__).resolve().parent.parent
 # invoke.yaml gives the defaults; tests check the two list the same keys.
 SCHEMA: dict[str, dict[str, type]] = {
     "cluster": {
-        "num_instances": int, "instance_name_prefix": str, "first_ip": str,
-        "network": str, "provider": str, "hosts": list,
-        "user_data_path": str, "activate_command": str, "ssh_timeout": int,
+        "num_instances": int,
+        "instance_name_prefix": str,
+        "first_ip": str,
+        "network": str,
+        "provider": str,
+        "hosts": list,
+        "user_data_path": str,
+        "activate_command": str,
+        "ssh_timeout": int,
     },
     "vm": {
-        "box": str, "box_url": str, "memory": int, "cpus": int,
-        "timezone": str, "images": list,
+        "box": str,
+        "box_url": str,
+        "memory": int,
+        "cpus": int,
+        "timezone": str,
+        "images": list,
     },
     "kubernetes": {"service_range": str, "dns_ip": str, "domain": str, "pause_image": str},
     "calico": {"pool": str},
-    "versions": {"kubernetes": str, "calicoctl": str, "calico_cni": str,
-                 "setup_network_environment": str},
+    "versions": {"kubernetes": str, "calicoctl": str, "calico_cni": str, "setup_network_environment": str},
     "paths": {"downloads": str, "output": str},
     "download": {
-        "parallel": int, "timeout": int, "retries": int, "lock_file": str,
-        "mirrors": dict, "artifacts": list,
+        "parallel": int,
+        "timeout": int,
+        "retries": int,
+        "lock_file": str,
+        "mirrors": dict,
+        "artifacts": list,
     },
     "addons": {"manifests": list, "timeout": int},
     "verify": {"timeout": int, "interval": int, "api_url": str, "ui_path": str},
@@ -53,9 +67,20 @@ HOST_KEYS = {"name": str, "address": str, "port": int, "user": str, "key_file": 
 ARTIFACT_KEYS = {"name": str, "url": str, "dest": str, "mode": str, "sha256": str}
 # Invoke's and Fabric's own top-level keys, which may appear in any config file.
 FRAMEWORK_KEYS = {
-    "run", "runners", "sudo", "tasks", "timeouts", "authentication", "connect_kwargs",
-    "forward_agent", "gateway", "inline_ssh_env", "load_ssh_configs", "port",
-    "ssh_config_path", "user",
+    "run",
+    "runners",
+    "sudo",
+    "tasks",
+    "timeouts",
+    "authentication",
+    "connect_kwargs",
+    "forward_agent",
+    "gateway",
+    "inline_ssh_env",
+    "load_ssh_configs",
+    "port",
+    "ssh_config_path",
+    "user",
 }
 LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 LOGIN = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}")
@@ -66,12 +91,13 @@ MODE = re.compile(r"[0-7]{3,4}")
 
 # -- the model -----------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Node:
     name: str
-    ip: str                    # the cluster address: rendered into cloud-config and certificates
-    role: str                  # "master" or "node"
-    address: str = ""          # provider=hosts: where SSH reaches it (defaults to ip)
+    ip: str  # the cluster address: rendered into cloud-config and certificates
+    role: str  # "master" or "node"
+    address: str = ""  # provider=hosts: where SSH reaches it (defaults to ip)
     port: int = 22
     user: str = "core"
     key_file: str = ""
@@ -126,12 +152,12 @@ class Cluster:
 @dataclass(frozen=True)
 class Artifact:
     name: str
-    url: str          # where it is fetched: versions filled in, mirrors applied
-    upstream: str     # the same before mirrors: what the lock file records
-    dest: str         # folder on the nodes (`inv copy`)
+    url: str  # where it is fetched: versions filled in, mirrors applied
+    upstream: str  # the same before mirrors: what the lock file records
+    dest: str  # folder on the nodes (`inv copy`)
     mode: int
-    sha256: str       # pinned digest, lowercase, or ""
-    path: Path        # paths.downloads/<name>
+    sha256: str  # pinned digest, lowercase, or ""
+    path: Path  # paths.downloads/<name>
 
     @property
     def target(self) -> str:
@@ -174,8 +200,8 @@ class Project:
     download: Downloads
     addons: Addons
     verify: Checks
-    values: dict = field(hash=False, repr=False)   # the effective settings, for `inv config`
-    ignored: tuple[str, ...] = ()                  # settings changed from the defaults that the provider ignores
+    values: dict = field(hash=False, repr=False)  # the effective settings, for `inv config`
+    ignored: tuple[str, ...] = ()  # settings changed from the defaults that the provider ignores
     ssh_timeout: int = 10
     # The task's Invoke config: only to clone each node's Fabric config from (None for a plain mapping).
     invoke_config: Any = field(default=None, hash=False, repr=False, compare=False)
@@ -184,11 +210,13 @@ class Project:
         for artifact in self.download.artifacts:
             if artifact.name == name:
                 return artifact
-        raise ConfigError("download.artifacts", f"[... no {name} ...]",
-                          f"an entry named {name}: it is needed on the nodes")
+        raise ConfigError(
+            "download.artifacts", f"[... no {name} ...]", f"an entry named {name}: it is needed on the nodes"
+        )
 
 
 # -- checks of single values ------------------------------------------------------
+
 
 def _check_type(name: str, value, kind: type) -> None:
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -253,6 +281,7 @@ def _image(name: str, value) -> str:
 
 # -- the sections ---------------------------------------------------------------
 
+
 def check_keys(config: dict) -> None:
     """Reject a key that no section knows (most often a typo), and values of the wrong type.
 
@@ -294,15 +323,18 @@ def _from_environment(config: dict) -> dict:
                 try:
                     values[key] = yaml.safe_load(value)
                 except yaml.YAMLError:
-                    raise ConfigError(f"{section}.{key}", value, f"a YAML {'list' if kind is list else 'mapping'}") \
-                        from None
+                    raise ConfigError(
+                        f"{section}.{key}", value, f"a YAML {'list' if kind is list else 'mapping'}"
+                    ) from None
     return config
 
 
 def _apart(services, pool, network, nodes: list[Node]) -> None:
     """Services, pods and nodes need address ranges of their own: overlaps break routing."""
     if pool.overlaps(services):
-        raise ConfigError("calico.pool", str(pool), f"a network that does not overlap kubernetes.service_range {services}")
+        raise ConfigError(
+            "calico.pool", str(pool), f"a network that does not overlap kubernetes.service_range {services}"
+        )
     if network is not None:
         for value, key in ((pool, "calico.pool"), (services, "kubernetes.service_range")):
             if value.overlaps(network):
@@ -310,7 +342,9 @@ def _apart(services, pool, network, nodes: list[Node]) -> None:
     for node in nodes:
         for value, key in ((pool, "calico.pool"), (services, "kubernetes.service_range")):
             if ipaddress.IPv4Address(node.ip) in value:
-                raise ConfigError(key, str(value), f"a network that does not contain node {node.name}'s address {node.ip}")
+                raise ConfigError(
+                    key, str(value), f"a network that does not contain node {node.name}'s address {node.ip}"
+                )
 
 
 def _cluster(config: dict) -> Cluster:
@@ -328,8 +362,11 @@ def _cluster(config: dict) -> Cluster:
         raise ConfigError("kubernetes.service_range", k8s["service_range"], "a network of at least 4 addresses")
     dns = _ipv4("kubernetes.dns_ip", k8s["dns_ip"])
     if dns not in services or dns in (services.network_address, services[1], services.broadcast_address):
-        raise ConfigError("kubernetes.dns_ip", k8s["dns_ip"],
-                          f"an address inside kubernetes.service_range {services} other than {services[1]}")
+        raise ConfigError(
+            "kubernetes.dns_ip",
+            k8s["dns_ip"],
+            f"an address inside kubernetes.service_range {services} other than {services[1]}",
+        )
     domain = k8s["domain"]
     if not domain or not all(LABEL.fullmatch(part) for part in domain.split(".")):
         raise ConfigError("kubernetes.domain", domain, "a DNS domain like cluster.local")
@@ -350,16 +387,26 @@ def _cluster(config: dict) -> Cluster:
         if value is not None and not value:
             raise ConfigError(f"versions.{key}", value, "a non-empty version")
     if cl["user_data_path"] is not None and not cl["user_data_path"].startswith("/"):
-        raise ConfigError("cluster.user_data_path", cl["user_data_path"],
-                          "an absolute path like /var/lib/coreos-vagrant/vagrantfile-user-data")
+        raise ConfigError(
+            "cluster.user_data_path",
+            cl["user_data_path"],
+            "an absolute path like /var/lib/coreos-vagrant/vagrantfile-user-data",
+        )
     if k8s["pause_image"] is not None:
         _image("kubernetes.pause_image", k8s["pause_image"])
     versions = {k: v for k, v in config["versions"].items() if v is not None}
     return Cluster(
-        nodes=tuple(nodes), provider=cl["provider"], network=str(network),
-        service_range=str(services), dns_ip=str(dns), domain=domain,
-        pause_image=k8s["pause_image"] or "", pool=str(pool), versions=versions,
-        vm=dict(vm, images=list(vm["images"] or [])), user_data_path=cl["user_data_path"] or "",
+        nodes=tuple(nodes),
+        provider=cl["provider"],
+        network=str(network),
+        service_range=str(services),
+        dns_ip=str(dns),
+        domain=domain,
+        pause_image=k8s["pause_image"] or "",
+        pool=str(pool),
+        versions=versions,
+        vm=dict(vm, images=list(vm["images"] or [])),
+        user_data_path=cl["user_data_path"] or "",
         activate_command=cl["activate_command"] or "",
     )
 
@@ -392,7 +439,7 @@ def check_mirrors(mirrors: dict) -> dict[str, str]:
 def mirror(url: str, mirrors: dict[str, str]) -> str:
     """`url` with the longest prefix listed in `mirrors` replaced."""
     prefix = max((p for p in mirrors if url.startswith(p)), key=len, default=None)
-    return url if prefix is None else mirrors[prefix] + url[len(prefix):]
+    return url if prefix is None else mirrors[prefix] + url[len(prefix) :]
 
 
 def _downloads(config: dict, folder: Path) -> Downloads:
@@ -421,10 +468,25 @@ def _downloads(config: dict, folder: Path) -> Downloads:
         pin = entry.get("sha256", "")
         if pin and not HEX64.fullmatch(pin):
             raise ConfigError(f"{key}.sha256", pin, "64 hexadecimal digits, or empty to rely on the lock file")
-        found.append(Artifact(name=name, url=mirror(upstream, mirrors), upstream=upstream, dest=dest,
-                              mode=int(mode, 8), sha256=pin.lower(), path=folder / name))
-    return Downloads(parallel=dl["parallel"], timeout=dl["timeout"], retries=dl["retries"],
-                     lock_file=resolve(dl["lock_file"]), mirrors=mirrors, artifacts=tuple(found))
+        found.append(
+            Artifact(
+                name=name,
+                url=mirror(upstream, mirrors),
+                upstream=upstream,
+                dest=dest,
+                mode=int(mode, 8),
+                sha256=pin.lower(),
+                path=folder / name,
+            )
+        )
+    return Downloads(
+        parallel=dl["parallel"],
+        timeout=dl["timeout"],
+        retries=dl["retries"],
+        lock_file=resolve(dl["lock_file"]),
+        mirrors=mirrors,
+        artifacts=tuple(found),
+    )
 
 
 def _addons(config: dict, stack: Stack) -> Addons:
@@ -441,8 +503,12 @@ def _checks(config: dict) -> Checks:
         raise ConfigError("verify.api_url", v["api_url"], "an http(s) URL of the API server as seen on the master")
     if not re.fullmatch(r"/[A-Za-z0-9._~/%-]*", v["ui_path"]):
         raise ConfigError("verify.ui_path", v["ui_path"], "a URL path starting with /")
-    return Checks(_not_negative("verify.timeout", v["timeout"]), positive("verify.interval", v["interval"]),
-                  v["api_url"], v["ui_path"])
+    return Checks(
+        _not_negative("verify.timeout", v["timeout"]),
+        positive("verify.interval", v["interval"]),
+        v["api_url"],
+        v["ui_path"],
+    )
 
 
 def _paths(config: dict) -> tuple[Path, Path]:
@@ -472,10 +538,19 @@ def build(config, invoke_config=None) -> Project:
     effective: dict[str, Any] = {"stack": stack.name}
     for section in SCHEMA:
         effective[section] = {k: v for k, v in values[section].items() if v is not None}
-    return Project(stack=stack, cluster=cluster, output_dir=output, downloads_dir=downloads,
-                   download=_downloads(values, downloads), addons=_addons(values, stack),
-                   verify=_checks(values), values=effective, ignored=_ignored(values, stack, cluster.provider),
-                   ssh_timeout=values["cluster"]["ssh_timeout"], invoke_config=invoke_config)
+    return Project(
+        stack=stack,
+        cluster=cluster,
+        output_dir=output,
+        downloads_dir=downloads,
+        download=_downloads(values, downloads),
+        addons=_addons(values, stack),
+        verify=_checks(values),
+        values=effective,
+        ignored=_ignored(values, stack, cluster.provider),
+        ssh_timeout=values["cluster"]["ssh_timeout"],
+        invoke_config=invoke_config,
+    )
 
 
 def _ignored(values: dict, stack: Stack, provider: str) -> tuple[str, ...]:
@@ -485,8 +560,11 @@ def _ignored(values: dict, stack: Stack, provider: str) -> tuple[str, ...]:
     from tasks import providers
 
     stock = stacks.apply(stack, yaml.safe_load((ROOT / "invoke.yaml").read_text()))
-    return tuple(key for key in providers.PROVIDERS[provider].ignores
-                 if values[key.split(".")[0]][key.split(".")[1]] != stock[key.split(".")[0]][key.split(".")[1]])
+    return tuple(
+        key
+        for key in providers.PROVIDERS[provider].ignores
+        if values[key.split(".")[0]][key.split(".")[1]] != stock[key.split(".")[0]][key.split(".")[1]]
+    )
 
 
 def load(c) -> Project:

@@ -5,6 +5,7 @@ folders of its templates and addon manifests, and which template each node
 role gets. `apply` fills a configuration with a stack's defaults and refuses a
 setting that only other stacks use.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,11 +22,11 @@ FOLDER = Path(__file__).resolve().parent / "stacks"
 class Stack:
     name: str
     description: str
-    templates: Path                         # Jinja2 templates of the nodes' configuration
-    manifests: Path                         # addon manifests (Jinja2 templates too)
-    node_templates: dict = field(hash=False)     # role -> template
+    templates: Path  # Jinja2 templates of the nodes' configuration
+    manifests: Path  # addon manifests (Jinja2 templates too)
+    node_templates: dict = field(hash=False)  # role -> template
     cluster_templates: dict = field(hash=False)  # output file name -> template
-    defaults: dict = field(hash=False)           # section -> key -> value
+    defaults: dict = field(hash=False)  # section -> key -> value
 
     def manifest_names(self) -> list[str]:
         return sorted(p.name for p in self.manifests.glob("*.yaml"))
@@ -42,9 +43,15 @@ def load(name: str) -> Stack:
     if not isinstance(name, str) or name not in names():
         raise ConfigError("stack", name, f"one of {', '.join(names())}")
     data = yaml.safe_load((FOLDER / f"{name}.yaml").read_text())
-    return Stack(name=data["name"], description=data["description"], templates=ROOT / data["templates"],
-                 manifests=ROOT / data["manifests"], node_templates=data["node_templates"],
-                 cluster_templates=data["cluster_templates"], defaults=data["defaults"])
+    return Stack(
+        name=data["name"],
+        description=data["description"],
+        templates=ROOT / data["templates"],
+        manifests=ROOT / data["manifests"],
+        node_templates=data["node_templates"],
+        cluster_templates=data["cluster_templates"],
+        defaults=data["defaults"],
+    )
 
 
 def stack_keys() -> dict[str, set[str]]:
@@ -72,6 +79,7 @@ def apply(stack: Stack, config: dict) -> dict:
             if key in mine and values.get(key) is None:
                 values[key] = copy.deepcopy(mine[key])
             elif key not in mine and values.get(key) is not None:
-                raise ConfigError(f"{section}.{key}", values[key],
-                                  f"no value: stack {stack.name} has no use for it (leave it null)")
+                raise ConfigError(
+                    f"{section}.{key}", values[key], f"no value: stack {stack.name} has no use for it (leave it null)"
+                )
     return merged

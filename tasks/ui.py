@@ -1,4 +1,5 @@
 """Output for people: tables and one-line messages, plain when not on a terminal."""
+
 from __future__ import annotations
 
 import sys
@@ -35,8 +36,14 @@ def transfer_bars():
     """A live display of byte transfers (bar, bytes, speed, time left) for the terminal."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    return Progress(TextColumn("{task.description:<24}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=console())
+    return Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console(),
+    )
 
 
 def last_line(text: str) -> str:

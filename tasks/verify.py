@@ -6,6 +6,7 @@ passes or the run's timeout is over. Parsing is pure: `*_results` functions
 turn a command's output into `Result` rows; the effects are in `probes` and
 `kube.run_checks`.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ MESH = "node-to-node mesh"
 
 # -- pure: outputs -> results -------------------------------------------------------
 
+
 def _condition(obj: dict, kind: str) -> dict:
     for cond in obj.get("status", {}).get("conditions") or []:
         if cond.get("type") == kind:
@@ -43,8 +45,9 @@ def node_results(cluster: Cluster, listing: dict) -> list[Result]:
     for node in cluster.nodes:
         item = registered.get(node.ip) or registered.get(node.name)
         if item is None:
-            rows.append(Result("nodes", node.name, False,
-                               f"{node.ip} not registered: is kubelet running on {node.name}?"))
+            rows.append(
+                Result("nodes", node.name, False, f"{node.ip} not registered: is kubelet running on {node.name}?")
+            )
             continue
         ready = _condition(item, "Ready")
         if ready.get("status") == "True":
@@ -81,14 +84,19 @@ def dns_result(cluster: Cluster, output: str, node: str) -> Result:
     if not got["server"]:
         return Result("dns", node, False, f"no answer: {last_line(output)}")
     if got["server"] != want_server:
-        return Result("dns", node, False, f"resolver is {got['server']}, expected {want_server} "
-                                          f"(kubelet --cluster-dns): {last_line(output)}")
+        return Result(
+            "dns",
+            node,
+            False,
+            f"resolver is {got['server']}, expected {want_server} (kubelet --cluster-dns): {last_line(output)}",
+        )
     if want in got["addresses"]:
         return Result("dns", node, True, f"kubernetes -> {want} from {want_server}")
     if got["addresses"]:
         return Result("dns", node, False, f"kubernetes -> {', '.join(got['addresses'])}, expected {want}")
-    return Result("dns", node, False, f"{got['error'] or last_line(output)} (server {want_server}): "
-                                      "are the kube-dns pods ready?")
+    return Result(
+        "dns", node, False, f"{got['error'] or last_line(output)} (server {want_server}): are the kube-dns pods ready?"
+    )
 
 
 def parse_bgp(text: str) -> list[dict]:
@@ -132,9 +140,15 @@ def bgp_results(cluster: Cluster, node: str, output: str) -> list[Result]:
             rows.append(Result("bgp", node, False, f"{label}: {peer['state']}, {peer['info']}: {peer['row']}"))
     if NAT_ADDRESS in by_address:
         suspects = ", ".join(missing) or "another node"
-        rows.append(Result("bgp", node, False,
-                           f"a peer at the NAT address {NAT_ADDRESS}: calico-node on {suspects} picked the "
-                           f"wrong interface; it must run `calicoctl node --ip=<its private address>`"))
+        rows.append(
+            Result(
+                "bgp",
+                node,
+                False,
+                f"a peer at the NAT address {NAT_ADDRESS}: calico-node on {suspects} picked the "
+                f"wrong interface; it must run `calicoctl node --ip=<its private address>`",
+            )
+        )
     return rows
 
 
@@ -165,6 +179,7 @@ def failure_message(results: list[Result]) -> str:
 
 # -- effects ----------------------------------------------------------------------
 
+
 def probes(project: Project, group) -> list[Probe]:
     """Every check as a probe (deadline -> rows), over the `Nodes` group's connections."""
     cluster = project.cluster
@@ -193,8 +208,7 @@ def probes(project: Project, group) -> list[Probe]:
         return kube.pod_results("busybox", cluster, pods, busybox)
 
     def dns(deadline):
-        result = remote(master(), f"{kubectl} exec busybox --namespace={busybox_ns} -- nslookup kubernetes",
-                        deadline)
+        result = remote(master(), f"{kubectl} exec busybox --namespace={busybox_ns} -- nslookup kubernetes", deadline)
         return [dns_result(cluster, result.stdout + result.stderr, master_name)]
 
     def ui(deadline):
@@ -206,10 +220,15 @@ def probes(project: Project, group) -> list[Probe]:
         def probe(deadline):
             result = remote(group.conn(name), f"{calicoctl} status", deadline)
             return bgp_results(cluster, name, result.stdout + result.stderr)
+
         return guarded("bgp", name, probe)
 
-    checks = [guarded("nodes", master_name, nodes_), guarded("kube-system", master_name, system_pods),
-              guarded("busybox", master_name, busybox_), guarded("dns", master_name, dns)]
+    checks = [
+        guarded("nodes", master_name, nodes_),
+        guarded("kube-system", master_name, system_pods),
+        guarded("busybox", master_name, busybox_),
+        guarded("dns", master_name, dns),
+    ]
     checks += [bgp(name) for name in group.names]
     checks.append(guarded("kube-ui", master_name, ui))
     return checks
@@ -219,14 +238,22 @@ def report(results: list[Result], as_json: bool, timeout: float) -> None:
     from tasks import ui
 
     if as_json:
-        print(json.dumps({"ok": all(r.ok for r in results), "timeout": timeout,
-                          "checks": [asdict(r) for r in results]}, indent=2), flush=True)
+        print(
+            json.dumps(
+                {"ok": all(r.ok for r in results), "timeout": timeout, "checks": [asdict(r) for r in results]}, indent=2
+            ),
+            flush=True,
+        )
         return
     ui.table("Cluster checks", ("check", "node", "result", "detail"), kube.table_rows(results))
 
 
-@task(help={"timeout": "Seconds each check may keep failing before it counts as failed (default verify.timeout).",
-            "json": "Print the results as JSON (for scripts) instead of a table."})
+@task(
+    help={
+        "timeout": "Seconds each check may keep failing before it counts as failed (default verify.timeout).",
+        "json": "Print the results as JSON (for scripts) instead of a table.",
+    }
+)
 @exits
 def verify(c, timeout=None, json=False):
     """Check the running cluster, as the seed does by hand.

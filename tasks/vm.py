@@ -5,6 +5,7 @@ depends on cluster.provider (tasks/providers.py): with `vagrant` the VMs are
 VirtualBox machines from the Vagrantfile, with `hosts` they are existing
 machines, which `up` only waits for and `destroy` refuses to touch.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,13 @@ from tasks import providers, settings
 from tasks.errors import StepError, exits
 
 
-@task(help={"timeout": "Seconds to wait, after the VMs are started, until every node answers over SSH "
-                       "(default 300).",
-            "copy": "Then copy binaries, certificates and cloud-configs to the nodes, as `inv copy` "
-                    "(default; --no-copy to only start the machines)."})
+@task(
+    help={
+        "timeout": "Seconds to wait, after the VMs are started, until every node answers over SSH (default 300).",
+        "copy": "Then copy binaries, certificates and cloud-configs to the nodes, as `inv copy` "
+        "(default; --no-copy to only start the machines).",
+    }
+)
 @exits
 def up(c, timeout=300, copy=True):
     """Start the VMs (`vagrant up`), wait until every node answers over SSH, then `inv copy`.
@@ -70,8 +74,12 @@ def status(c):
     ui.table(f"Cluster ({cluster.provider})", ("node", "vm", "ssh", "role", "address"), rows)
 
 
-@task(help={"node": "The node to log in to, e.g. calico-01.",
-            "command": "Run this command instead of an interactive shell."})
+@task(
+    help={
+        "node": "The node to log in to, e.g. calico-01.",
+        "command": "Run this command instead of an interactive shell.",
+    }
+)
 @exits
 def ssh(c, node, command=""):
     """Log in to NODE over SSH (an interactive shell, or --command)."""
@@ -91,6 +99,7 @@ def ssh(c, node, command=""):
 @exits
 def destroy(c, yes=False):
     """Delete the cluster's VMs (`vagrant destroy`); asks first unless --yes."""
+
     def ask(question: str) -> bool:
         if yes:
             return True

@@ -1,4 +1,5 @@
 """The seed's cloud-config templates, read from the blog post, and unit parsing."""
+
 from __future__ import annotations
 
 import re

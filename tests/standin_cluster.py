@@ -8,6 +8,7 @@ the stand-ins report comes from /var/lib/standin/scenario.json on each node,
 which `Scenario` writes. The API server proxy that serves the kube-ui is a
 loopback HTTP server in the test process (`UIServer`).
 """
+
 from __future__ import annotations
 
 import json
@@ -73,10 +74,14 @@ class Scenario:
             "cluster_dns": cluster.dns_ip,
             "kubernetes_ip": cluster.api_service_ip,
         }
-        self.calico = {name: {"running": True, "ip": ip,
-                              "peers": [{"address": other, "since": "03:57:16"}
-                                        for o, other in self.ips.items() if o != name]}
-                       for name, ip in self.ips.items()}
+        self.calico = {
+            name: {
+                "running": True,
+                "ip": ip,
+                "peers": [{"address": other, "since": "03:57:16"} for o, other in self.ips.items() if o != name],
+            }
+            for name, ip in self.ips.items()
+        }
 
     def node(self, ip: str) -> dict:
         return next(n for n in self.kubernetes["nodes"] if n["name"] == ip)
@@ -112,8 +117,13 @@ class UIServer:
                 elif owner.status == 200:
                     code, body = 200, b"<html><title>Kubernetes UI</title></html>"
                 else:
-                    code, body = owner.status, (b'{"kind":"Status","apiVersion":"v1","status":"Failure",'
-                                                b'"message":"no endpoints available for service \\"kube-ui\\""}')
+                    code, body = (
+                        owner.status,
+                        (
+                            b'{"kind":"Status","apiVersion":"v1","status":"Failure",'
+                            b'"message":"no endpoints available for service \\"kube-ui\\""}'
+                        ),
+                    )
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

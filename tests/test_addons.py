@@ -5,6 +5,7 @@ tests/standins/kubectl (kubectl 1.1's syntax, output and errors, objects kept
 in /var/lib/standin), installed by the real `inv copy` as the downloaded
 kubectl; see tests/standin_cluster.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,13 @@ def test_addons_twice_creates_then_finds_everything_there(ssh_cluster, installed
     assert first.returncode == 0, first.stdout + first.stderr
     created = [row for row in table(first.stdout) if row[2] == "created"]
     assert [row[:2] for row in created] == [
-        ["skydns.yaml", "namespace kube-system"], ["skydns.yaml", "service kube-dns"],
-        ["skydns.yaml", "replicationcontroller kube-dns-v9"], ["kube-ui-rc.yaml", "replicationcontroller kube-ui-v5"],
-        ["kube-ui-svc.yaml", "service kube-ui"], ["busybox.yaml", "pod busybox"]]
+        ["skydns.yaml", "namespace kube-system"],
+        ["skydns.yaml", "service kube-dns"],
+        ["skydns.yaml", "replicationcontroller kube-dns-v9"],
+        ["kube-ui-rc.yaml", "replicationcontroller kube-ui-v5"],
+        ["kube-ui-svc.yaml", "service kube-ui"],
+        ["busybox.yaml", "pod busybox"],
+    ]
     made = objects(ssh_cluster)
     assert made["Service/kube-dns"]["spec"]["clusterIP"] == "10.100.0.10"
     assert "Addons running: 3 pod(s)." in first.stdout
@@ -72,8 +77,9 @@ def test_addons_waits_for_pods_that_start_late(ssh_cluster, installed, scenario,
 
 
 def test_a_pod_that_never_gets_ready_fails_naming_it(ssh_cluster, installed, scenario, tmp_path):
-    scenario.kubernetes["pods"] = {"kube-dns-v9": {"not_ready": ["skydns"], "waiting": "CrashLoopBackOff",
-                                                   "restarts": 4}}
+    scenario.kubernetes["pods"] = {
+        "kube-dns-v9": {"not_ready": ["skydns"], "waiting": "CrashLoopBackOff", "restarts": 4}
+    }
     scenario.write()
     done = run_inv(tmp_path, "addons", "--timeout", "2", config=installed)
     assert done.returncode == 1
@@ -88,8 +94,10 @@ def test_an_api_server_that_refuses_fails_with_kubectls_message(ssh_cluster, ins
     scenario.write()
     done = run_inv(tmp_path, "addons", "--timeout", "2", config=installed)
     assert done.returncode == 1
-    assert "kubectl create failed on calico-01: skydns.yaml: The connection to the server localhost:8080 " \
-           "was refused" in done.stderr
+    assert (
+        "kubectl create failed on calico-01: skydns.yaml: The connection to the server localhost:8080 "
+        "was refused" in done.stderr
+    )
     assert not ssh_cluster.path("calico-01", "/var/lib/standin/kubectl.json").exists()
 
 
@@ -100,8 +108,14 @@ def test_addons_waits_for_an_api_server_that_is_starting(ssh_cluster, installed,
     done = run_inv(tmp_path, "addons", "--timeout", "20", config=installed)
     assert done.returncode == 0, done.stdout + done.stderr
     created = sorted(row[1] for row in table(done.stdout) if row[2] == "created")
-    assert created == ["namespace kube-system", "pod busybox", "replicationcontroller kube-dns-v9",
-                       "replicationcontroller kube-ui-v5", "service kube-dns", "service kube-ui"]
+    assert created == [
+        "namespace kube-system",
+        "pod busybox",
+        "replicationcontroller kube-dns-v9",
+        "replicationcontroller kube-ui-v5",
+        "service kube-dns",
+        "service kube-ui",
+    ]
     assert "FAILED" not in done.stdout
     assert "the cluster is still starting, asking again until the timeout: " in done.stderr
 
@@ -119,14 +133,20 @@ def test_an_error_that_never_heals_is_not_asked_again(ssh_cluster, installed, sc
     assert "/opt/elsewhere/kubectl" in done.stderr
 
 
-@pytest.mark.parametrize("message,starting", [
-    ("The connection to the server localhost:8080 was refused - did you specify the right host or port?", True),
-    ('Error from server: error when creating "busybox.yaml": pods "busybox" is forbidden: '
-     "no API token found for service account default/default, retry after the token is automatically created "
-     "and added to the service account", True),
-    ('error validating "skydns.yaml": error validating data: found invalid field nme for v1.ObjectMeta', False),
-    ("sh: 1: /opt/bin/kubectl: not found", False),
-])
+@pytest.mark.parametrize(
+    "message,starting",
+    [
+        ("The connection to the server localhost:8080 was refused - did you specify the right host or port?", True),
+        (
+            'Error from server: error when creating "busybox.yaml": pods "busybox" is forbidden: '
+            "no API token found for service account default/default, retry after the token is automatically created "
+            "and added to the service account",
+            True,
+        ),
+        ('error validating "skydns.yaml": error validating data: found invalid field nme for v1.ObjectMeta', False),
+        ("sh: 1: /opt/bin/kubectl: not found", False),
+    ],
+)
 def test_errors_of_a_starting_cluster_are_told_apart(message, starting):
     assert bool(addons.STARTING.search(message)) is starting
 
@@ -150,23 +170,32 @@ def test_bad_timeout_and_unknown_manifest_are_one_line_errors(installed, tmp_pat
     config = dict(installed, addons={"manifests": ["skydns.yaml", "dashboard.yaml"], "timeout": 5})
     done = run_inv(tmp_path, "addons", config=config)
     assert done.returncode == 2
-    assert done.stderr.strip().startswith("invalid configuration: addons.manifests[1] = 'dashboard.yaml': "
-                                          "expected one of busybox.yaml, kube-ui-rc.yaml")
+    assert done.stderr.strip().startswith(
+        "invalid configuration: addons.manifests[1] = 'dashboard.yaml': expected one of busybox.yaml, kube-ui-rc.yaml"
+    )
 
 
 # -- pure parts ----------------------------------------------------------------
 
+
 def test_create_outcome_counts_already_exists_as_done():
     stdout = 'service "kube-ui" created\n'
-    stderr = ('Error from server: error when creating "skydns.yaml": namespaces "kube-system" already exists\n'
-              'Error from server: error when creating "skydns.yaml": services "kube-dns" already exists\n')
+    stderr = (
+        'Error from server: error when creating "skydns.yaml": namespaces "kube-system" already exists\n'
+        'Error from server: error when creating "skydns.yaml": services "kube-dns" already exists\n'
+    )
     assert addons.create_outcome(stdout, stderr, 1) == (
-        ["service kube-ui"], ["namespace kube-system", "service kube-dns"], [])
+        ["service kube-ui"],
+        ["namespace kube-system", "service kube-dns"],
+        [],
+    )
 
 
 def test_create_outcome_keeps_other_errors_next_to_existing_ones():
-    stderr = ('Error from server: error when creating "skydns.yaml": namespaces "kube-system" already exists\n'
-              'Error from server: error when creating "kube-ui-rc.yaml": namespaces "kube-system" not found\n')
+    stderr = (
+        'Error from server: error when creating "skydns.yaml": namespaces "kube-system" already exists\n'
+        'Error from server: error when creating "kube-ui-rc.yaml": namespaces "kube-system" not found\n'
+    )
     created, existing, errors = addons.create_outcome("", stderr, 1)
     assert existing == ["namespace kube-system"]
     assert errors == ['Error from server: error when creating "kube-ui-rc.yaml": namespaces "kube-system" not found']
@@ -181,9 +210,24 @@ def test_workloads_follow_the_manifests(tmp_path):
     assert [(w.namespace, w.name, w.kind) for w in found] == [
         ("kube-system", "kube-dns-v9", "ReplicationController"),
         ("kube-system", "kube-ui-v5", "ReplicationController"),
-        ("default", "busybox", "Pod")]
+        ("default", "busybox", "Pod"),
+    ]
     dns = found[0]
-    assert dns.owns({"metadata": {"namespace": "kube-system", "name": "kube-dns-v9-qd8i3",
-                                  "labels": {"k8s-app": "kube-dns", "version": "v9"}}})
-    assert not dns.owns({"metadata": {"namespace": "kube-system", "name": "kube-ui-v5-8spea",
-                                      "labels": {"k8s-app": "kube-ui", "version": "v5"}}})
+    assert dns.owns(
+        {
+            "metadata": {
+                "namespace": "kube-system",
+                "name": "kube-dns-v9-qd8i3",
+                "labels": {"k8s-app": "kube-dns", "version": "v9"},
+            }
+        }
+    )
+    assert not dns.owns(
+        {
+            "metadata": {
+                "namespace": "kube-system",
+                "name": "kube-ui-v5-8spea",
+                "labels": {"k8s-app": "kube-ui", "version": "v5"},
+            }
+        }
+    )

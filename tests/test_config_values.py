@@ -10,6 +10,7 @@ Each case gives the key, the value and, where the wording is settled, a short
 fragment of what is expected; the message must read
 `invalid configuration: <key> = <repr(value)>: expected <fragment>...` on one line.
 """
+
 from __future__ import annotations
 
 import re
@@ -53,30 +54,50 @@ CASES = [
     # --- stack (new top-level key; only "seed" for now) ---
     case({"stack": "coreos"}, "stack", "coreos", "one of seed"),
     case({"stack": ""}, "stack", "", "one of seed"),
-
     # --- cluster ---
     case({"cluster": {"num_instances": True}}, "cluster.num_instances", True, "a whole number"),
-    case({"cluster": {"instance_name_prefix": "-calico"}}, "cluster.instance_name_prefix", "-calico",
-         "a hostname prefix"),
+    case(
+        {"cluster": {"instance_name_prefix": "-calico"}}, "cluster.instance_name_prefix", "-calico", "a hostname prefix"
+    ),
     case({"cluster": {"instance_name_prefix": 7}}, "cluster.instance_name_prefix", 7, "a string"),
-    case({"cluster": {"first_ip": "172.18.18.0"}}, "cluster.first_ip", "172.18.18.0",
-         "a host address inside cluster.network 172.18.18.0/24"),
-    case({"cluster": {"first_ip": "172.18.18.255"}}, "cluster.first_ip", "172.18.18.255",
-         "a host address inside cluster.network 172.18.18.0/24"),
-    case({"cluster": {"network": "172.18.18.0/40"}}, "cluster.network", "172.18.18.0/40",
-         "an IPv4 network in CIDR form"),
+    case(
+        {"cluster": {"first_ip": "172.18.18.0"}},
+        "cluster.first_ip",
+        "172.18.18.0",
+        "a host address inside cluster.network 172.18.18.0/24",
+    ),
+    case(
+        {"cluster": {"first_ip": "172.18.18.255"}},
+        "cluster.first_ip",
+        "172.18.18.255",
+        "a host address inside cluster.network 172.18.18.0/24",
+    ),
+    case(
+        {"cluster": {"network": "172.18.18.0/40"}}, "cluster.network", "172.18.18.0/40", "an IPv4 network in CIDR form"
+    ),
     case({"cluster": {"provider": ""}}, "cluster.provider", "", "one of vagrant, hosts"),
-    case({"cluster": {"hosts": {"name": "m1", "address": "10.0.0.10"}}}, "cluster.hosts",
-         {"name": "m1", "address": "10.0.0.10"}, "a list"),
-    case({"cluster": {"provider": "hosts", "hosts": ["10.0.0.10"]}}, "cluster.hosts[0]", "10.0.0.10",
-         "a mapping with keys"),
+    case(
+        {"cluster": {"hosts": {"name": "m1", "address": "10.0.0.10"}}},
+        "cluster.hosts",
+        {"name": "m1", "address": "10.0.0.10"},
+        "a list",
+    ),
+    case(
+        {"cluster": {"provider": "hosts", "hosts": ["10.0.0.10"]}},
+        "cluster.hosts[0]",
+        "10.0.0.10",
+        "a mapping with keys",
+    ),
     case({"cluster": {"user_data_path": ""}}, "cluster.user_data_path", "", "an absolute path"),
-    case({"cluster": {"activate_command": ["coreos-cloudinit"]}}, "cluster.activate_command",
-         ["coreos-cloudinit"], "a string"),
+    case(
+        {"cluster": {"activate_command": ["coreos-cloudinit"]}},
+        "cluster.activate_command",
+        ["coreos-cloudinit"],
+        "a string",
+    ),
     case({"cluster": {"ssh_timeout": 0}}, "cluster.ssh_timeout", 0),
     case({"cluster": {"ssh_timeout": -10}}, "cluster.ssh_timeout", -10),
     case({"cluster": {"ssh_timeout": "10"}}, "cluster.ssh_timeout", "10", "a whole number"),
-
     # --- cluster.hosts[i] entries ---
     case(host(0, name=""), "cluster.hosts[0].name", "", "a non-empty string"),
     case(host(1, address=""), "cluster.hosts[1].address", "", "a non-empty string"),
@@ -90,12 +111,14 @@ CASES = [
     case(host(0, user="core@m1"), "cluster.hosts[0].user", "core@m1"),
     case(host(0, user=1000), "cluster.hosts[0].user", 1000, "a string"),
     case(host(0, key_file=["~/.ssh/id_ed25519"]), "cluster.hosts[0].key_file", ["~/.ssh/id_ed25519"], "a string"),
-
     # --- vm ---
     case({"vm": {"box": ""}}, "vm.box", "", "a Vagrant box name"),
     case({"vm": {"box": 928}}, "vm.box", 928, "a string"),
-    case({"vm": {"box_url": "ftp://alpha.release.core-os.net/coreos_production_vagrant.json"}}, "vm.box_url",
-         "ftp://alpha.release.core-os.net/coreos_production_vagrant.json"),
+    case(
+        {"vm": {"box_url": "ftp://alpha.release.core-os.net/coreos_production_vagrant.json"}},
+        "vm.box_url",
+        "ftp://alpha.release.core-os.net/coreos_production_vagrant.json",
+    ),
     case({"vm": {"box_url": "coreos_production_vagrant.json"}}, "vm.box_url", "coreos_production_vagrant.json"),
     case({"vm": {"memory": "2G"}}, "vm.memory", "2G", "a whole number"),
     case({"vm": {"cpus": 0}}, "vm.cpus", 0, "a whole number of at least 1"),
@@ -105,33 +128,39 @@ CASES = [
     case({"vm": {"images": ["busy box:latest"]}}, "vm.images[0]", "busy box:latest", "a docker image name"),
     case({"vm": {"images": ["busybox:latest", ""]}}, "vm.images[1]", "", "a docker image name"),
     case({"vm": {"images": [5]}}, "vm.images[0]", 5, "a docker image name"),
-
     # --- kubernetes ---
-    case({"kubernetes": {"service_range": "10.100.0.0/31"}}, "kubernetes.service_range", "10.100.0.0/31",
-         "a network of at least 4 addresses"),
-    case({"kubernetes": {"dns_ip": "10.100.255.255"}}, "kubernetes.dns_ip", "10.100.255.255",
-         "an address inside kubernetes.service_range 10.100.0.0/16"),
+    case(
+        {"kubernetes": {"service_range": "10.100.0.0/31"}},
+        "kubernetes.service_range",
+        "10.100.0.0/31",
+        "a network of at least 4 addresses",
+    ),
+    case(
+        {"kubernetes": {"dns_ip": "10.100.255.255"}},
+        "kubernetes.dns_ip",
+        "10.100.255.255",
+        "an address inside kubernetes.service_range 10.100.0.0/16",
+    ),
     case({"kubernetes": {"dns_ip": "dns"}}, "kubernetes.dns_ip", "dns", "an IPv4 address"),
     case({"kubernetes": {"domain": "Cluster.Local"}}, "kubernetes.domain", "Cluster.Local", "a DNS domain"),
     case({"kubernetes": {"domain": ""}}, "kubernetes.domain", "", "a DNS domain"),
     case({"kubernetes": {"pause_image": ""}}, "kubernetes.pause_image", "", "a docker image name"),
-    case({"kubernetes": {"pause_image": "shenshouer/pause 0.8.0"}}, "kubernetes.pause_image",
-         "shenshouer/pause 0.8.0"),
-
+    case({"kubernetes": {"pause_image": "shenshouer/pause 0.8.0"}}, "kubernetes.pause_image", "shenshouer/pause 0.8.0"),
     # --- calico ---
     case({"calico": {"pool": "192.168.0.0/33"}}, "calico.pool", "192.168.0.0/33", "an IPv4 network in CIDR form"),
-    case({"calico": {"pool": "172.18.0.0/16"}}, "calico.pool", "172.18.0.0/16",
-         "a network that does not overlap cluster.network 172.18.18.0/24"),
-
+    case(
+        {"calico": {"pool": "172.18.0.0/16"}},
+        "calico.pool",
+        "172.18.0.0/16",
+        "a network that does not overlap cluster.network 172.18.18.0/24",
+    ),
     # --- versions ---
     *[case({"versions": {key: ""}}, f"versions.{key}", "", "a non-empty version") for key in DEFAULTS["versions"]],
     case({"versions": {"kubernetes": 1.1}}, "versions.kubernetes", 1.1, "a string"),
-
     # --- paths ---
     case({"paths": {"output": ""}}, "paths.output", ""),
     case({"paths": {"downloads": ""}}, "paths.downloads", ""),
     case({"paths": {"output": 5}}, "paths.output", 5, "a string"),
-
     # --- download ---
     case({"download": {"parallel": 0}}, "download.parallel", 0, "a whole number of at least 1"),
     case({"download": {"parallel": -2}}, "download.parallel", -2, "a whole number of at least 1"),
@@ -140,53 +169,78 @@ CASES = [
     case({"download": {"retries": 0}}, "download.retries", 0, "a whole number of at least 1"),
     case({"download": {"lock_file": ""}}, "download.lock_file", "", "a file path"),
     case({"download": {"lock_file": 5}}, "download.lock_file", 5, "a string"),
-    case({"download": {"mirrors": {"ftp://x/": "https://mirror.example/k8s/"}}},
-         "download.mirrors['ftp://x/']", "ftp://x/", "a URL prefix to replace"),
-    case({"download": {"mirrors": {"storage.googleapis.com/": "https://mirror.example/k8s/"}}},
-         "download.mirrors['storage.googleapis.com/']", "storage.googleapis.com/", "a URL prefix to replace"),
-    case({"download": {"mirrors": {"https://storage.googleapis.com/": "mirror.example/k8s/"}}},
-         "download.mirrors['https://storage.googleapis.com/']", "mirror.example/k8s/",
-         "a replacement URL prefix"),
-    case({"download": {"mirrors": ["https://mirror.example/k8s/"]}}, "download.mirrors",
-         ["https://mirror.example/k8s/"], "a mapping"),
+    case(
+        {"download": {"mirrors": {"ftp://x/": "https://mirror.example/k8s/"}}},
+        "download.mirrors['ftp://x/']",
+        "ftp://x/",
+        "a URL prefix to replace",
+    ),
+    case(
+        {"download": {"mirrors": {"storage.googleapis.com/": "https://mirror.example/k8s/"}}},
+        "download.mirrors['storage.googleapis.com/']",
+        "storage.googleapis.com/",
+        "a URL prefix to replace",
+    ),
+    case(
+        {"download": {"mirrors": {"https://storage.googleapis.com/": "mirror.example/k8s/"}}},
+        "download.mirrors['https://storage.googleapis.com/']",
+        "mirror.example/k8s/",
+        "a replacement URL prefix",
+    ),
+    case(
+        {"download": {"mirrors": ["https://mirror.example/k8s/"]}},
+        "download.mirrors",
+        ["https://mirror.example/k8s/"],
+        "a mapping",
+    ),
     case({"download": {"artifacts": {"name": "kubectl"}}}, "download.artifacts", {"name": "kubectl"}, "a list"),
-
     # --- download.artifacts[i] entries ---
     case({"download": {"artifacts": ["kubectl"]}}, "download.artifacts[0]", "kubectl", "a mapping with keys"),
     case(artifact(0, sha="ab"), "download.artifacts[0].sha", "ab", "one of name, url"),
     case(artifact(0, name="kube ctl"), "download.artifacts[0].name", "kube ctl", "a file name of letters"),
     case(artifact(1, name=""), "download.artifacts[1].name", "", "a file name of letters"),
     case(artifact(3, name="kubelet"), "download.artifacts[3].name", "kubelet", "a name no other artifact has"),
-    case(artifact(2, url="https://storage.googleapis.com/{nope}/kube-proxy"), "download.artifacts[2].url",
-         "https://storage.googleapis.com/{nope}/kube-proxy", "an http(s) URL whose placeholders are among"),
-    case(artifact(6, url="ftp://github.com/{calicoctl}/calicoctl"), "download.artifacts[6].url",
-         "ftp://github.com/{calicoctl}/calicoctl", "an http:// or https:// URL"),
-    case(artifact(7, url="github.com/projectcalico/calico"), "download.artifacts[7].url",
-         "github.com/projectcalico/calico", "an http:// or https:// URL"),
+    case(
+        artifact(2, url="https://storage.googleapis.com/{nope}/kube-proxy"),
+        "download.artifacts[2].url",
+        "https://storage.googleapis.com/{nope}/kube-proxy",
+        "an http(s) URL whose placeholders are among",
+    ),
+    case(
+        artifact(6, url="ftp://github.com/{calicoctl}/calicoctl"),
+        "download.artifacts[6].url",
+        "ftp://github.com/{calicoctl}/calicoctl",
+        "an http:// or https:// URL",
+    ),
+    case(
+        artifact(7, url="github.com/projectcalico/calico"),
+        "download.artifacts[7].url",
+        "github.com/projectcalico/calico",
+        "an http:// or https:// URL",
+    ),
     case(artifact(7, dest="bin"), "download.artifacts[7].dest", "bin", "an absolute folder"),
     case(artifact(0, mode="999"), "download.artifacts[0].mode", "999", "an octal file mode"),
     case(artifact(8, mode="75"), "download.artifacts[8].mode", "75", "an octal file mode"),
     case(artifact(0, mode=493), "download.artifacts[0].mode", 493, "a string"),
     case(artifact(9, sha256="abc"), "download.artifacts[9].sha256", "abc", "64 hexadecimal digits"),
     case(artifact(0, sha256="g" * 64), "download.artifacts[0].sha256", "g" * 64, "64 hexadecimal digits"),
-    case(artifact(9, sha256="ab" * 31 + "a"), "download.artifacts[9].sha256", "ab" * 31 + "a",
-         "64 hexadecimal digits"),
-
+    case(artifact(9, sha256="ab" * 31 + "a"), "download.artifacts[9].sha256", "ab" * 31 + "a", "64 hexadecimal digits"),
     # --- addons ---
-    case({"addons": {"manifests": ["skydns.yaml", "nope.yaml"]}}, "addons.manifests[", "nope.yaml",
-         "one of"),
+    case({"addons": {"manifests": ["skydns.yaml", "nope.yaml"]}}, "addons.manifests[", "nope.yaml", "one of"),
     case({"addons": {"manifests": ["../../etc/passwd"]}}, "addons.manifests[", "../../etc/passwd", "one of"),
     case({"addons": {"manifests": "skydns.yaml"}}, "addons.manifests", "skydns.yaml", "a list"),
     case({"addons": {"timeout": "600s"}}, "addons.timeout", "600s", "a whole number"),
-
     # --- verify ---
     case({"verify": {"timeout": -1}}, "verify.timeout", -1, "a number of seconds, 0 or more"),
     case({"verify": {"interval": 2.5}}, "verify.interval", 2.5, "a whole number"),
     case({"verify": {"api_url": "127.0.0.1:8080"}}, "verify.api_url", "127.0.0.1:8080"),
     case({"verify": {"api_url": "ftp://127.0.0.1:8080"}}, "verify.api_url", "ftp://127.0.0.1:8080"),
     case({"verify": {"api_url": ""}}, "verify.api_url", ""),
-    case({"verify": {"ui_path": "api/v1/proxy/namespaces/kube-system/services/kube-ui/"}}, "verify.ui_path",
-         "api/v1/proxy/namespaces/kube-system/services/kube-ui/"),
+    case(
+        {"verify": {"ui_path": "api/v1/proxy/namespaces/kube-system/services/kube-ui/"}},
+        "verify.ui_path",
+        "api/v1/proxy/namespaces/kube-system/services/kube-ui/",
+    ),
     case({"verify": {"ui_path": ""}}, "verify.ui_path", ""),
 ]
 
@@ -228,7 +282,7 @@ def _covered(key: str) -> str:
     key = re.sub(r"\[[^\]]*\]", "[]", key).rstrip("[")
     for entries in ("cluster.hosts[].", "download.artifacts[]."):
         if key.startswith(entries):
-            return entries + key[len(entries):].split("[")[0]
+            return entries + key[len(entries) :].split("[")[0]
     return key.split("[")[0]
 
 

@@ -5,6 +5,7 @@ artifact's name (their content is all `copy` looks at). The activation
 command is a stand-in for `coreos-cloudinit --from-file`: it records which
 files exist at the moment it runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,10 @@ from conftest import ARTIFACTS, SEED_DEFAULTS, project, run_inv, run_inv_on_term
 from tasks import copy, pki, render
 
 # Runs as root on the node after the cloud-config is in place.
-ACTIVATE = ("find /opt /srv /home/core /var/lib/coreos-vagrant -type f | sort"
-            " > /var/lib/standin/activated-$(date +%s%N); echo {path} >> /var/lib/standin/activated-path")
+ACTIVATE = (
+    "find /opt /srv /home/core /var/lib/coreos-vagrant -type f | sort"
+    " > /var/lib/standin/activated-$(date +%s%N); echo {path} >> /var/lib/standin/activated-path"
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +50,7 @@ def cfg(ssh_nodes, prepared):
 def expected(config, node: str) -> dict[str, tuple[Path | None, int, str]]:
     """node path -> (source, mode, owner) of everything `node` must get."""
     out, downloads = Path(config["paths"]["output"]), Path(config["paths"]["downloads"])
-    files = {f"{a['dest']}/{a['name']}": (downloads / a["name"], 0o755, "root")
-             for a in ARTIFACTS}
+    files = {f"{a['dest']}/{a['name']}": (downloads / a["name"], 0o755, "root") for a in ARTIFACTS}
     files["/opt/kubernetes/manifests"] = (None, 0o755, "root")
     for name in pki.NODE_FILES:
         files[f"/srv/kubernetes/{name}"] = (out / "pki" / name, 0o600 if name.endswith(".key") else 0o644, "root")
@@ -66,14 +68,20 @@ def owner(path: Path) -> str:
 
 
 def node_files(ssh_nodes, node: str) -> list[str]:
-    return sorted(str(p.relative_to(ssh_nodes.root(node))) for p in ssh_nodes.root(node).rglob("*")
-                  if p.is_file() and p.name != "hosts")
+    return sorted(
+        str(p.relative_to(ssh_nodes.root(node)))
+        for p in ssh_nodes.root(node).rglob("*")
+        if p.is_file() and p.name != "hosts"
+    )
 
 
 def rows(stdout: str) -> dict[str, list[str]]:
     """The result table's rows by node: uploaded, unchanged, failed, detail."""
-    return {line.split("\t")[0]: line.split("\t")[1:] for line in stdout.splitlines()
-            if line.startswith("calico-") and "\t" in line}
+    return {
+        line.split("\t")[0]: line.split("\t")[1:]
+        for line in stdout.splitlines()
+        if line.startswith("calico-") and "\t" in line
+    }
 
 
 def test_copy_lands_every_file_with_mode_and_owner_and_activates_last(ssh_nodes, cfg, tmp_path):
@@ -89,7 +97,10 @@ def test_copy_lands_every_file_with_mode_and_owner_and_activates_last(ssh_nodes,
         (marker,) = ssh_nodes.path(node, "/var/lib/standin").glob("activated-[0-9]*")
         seen = [f for f in marker.read_text().split() if f != f"/home/core/{copy.STATE}"]
         assert seen == sorted(t for t, (source, _, _) in want.items() if source is not None)
-        assert ssh_nodes.path(node, "/var/lib/standin/activated-path").read_text() == f"{cfg['cluster']['user_data_path']}\n"
+        assert (
+            ssh_nodes.path(node, "/var/lib/standin/activated-path").read_text()
+            == f"{cfg['cluster']['user_data_path']}\n"
+        )
         user_data = ssh_nodes.path(node, cfg["cluster"]["user_data_path"]).stat().st_mtime_ns
         assert all(ssh_nodes.path(node, t).stat().st_mtime_ns <= user_data for t in want)
         assert not list(ssh_nodes.path(node, "/home/core").glob(".inv-copy-*"))
@@ -102,8 +113,9 @@ def test_copy_lands_every_file_with_mode_and_owner_and_activates_last(ssh_nodes,
 def test_copy_on_a_terminal_shows_each_nodes_bytes(ssh_nodes, cfg, tmp_path):
     code, text = run_inv_on_terminal(tmp_path, "copy", config=cfg)
     assert code == 0, text
-    total = sum(source.stat().st_size for source, _, _ in
-                (v for v in expected(cfg, "calico-02").values()) if source is not None)
+    total = sum(
+        source.stat().st_size for source, _, _ in (v for v in expected(cfg, "calico-02").values()) if source is not None
+    )
     for node in ssh_nodes.names:
         assert re.search(rf"{node}\s+━+ [\d.]+/[\d.]+ [kM]B", text), text
     assert f"{total / 1000:.1f}/{total / 1000:.1f} kB" in text or f"{total / 1e6:.1f}/{total / 1e6:.1f} MB" in text
@@ -111,14 +123,17 @@ def test_copy_on_a_terminal_shows_each_nodes_bytes(ssh_nodes, cfg, tmp_path):
 
 def test_rerun_uploads_nothing_and_does_not_activate_again(ssh_nodes, cfg, tmp_path):
     assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
-    before = {n: {f: os.stat(ssh_nodes.root(n) / f).st_mtime_ns for f in node_files(ssh_nodes, n)}
-              for n in ssh_nodes.names}
+    before = {
+        n: {f: os.stat(ssh_nodes.root(n) / f).st_mtime_ns for f in node_files(ssh_nodes, n)} for n in ssh_nodes.names
+    }
     again = run_inv(tmp_path, "copy", config=cfg)
     assert again.returncode == 0, again.stderr
     assert {n: r[:3] for n, r in rows(again.stdout).items()} == {
-        n: ["0", str(len(expected(cfg, n))), "0"] for n in ssh_nodes.names}
-    after = {n: {f: os.stat(ssh_nodes.root(n) / f).st_mtime_ns for f in node_files(ssh_nodes, n)}
-             for n in ssh_nodes.names}
+        n: ["0", str(len(expected(cfg, n))), "0"] for n in ssh_nodes.names
+    }
+    after = {
+        n: {f: os.stat(ssh_nodes.root(n) / f).st_mtime_ns for f in node_files(ssh_nodes, n)} for n in ssh_nodes.names
+    }
     assert after == before
 
 
@@ -151,8 +166,10 @@ def test_a_changed_file_is_uploaded_with_the_cloud_config_after_it(ssh_nodes, cf
     assert table["calico-02"][:3] == ["3", str(len(expected(cfg, "calico-02")) - 3), "0"]
     assert table["calico-03"][:3] == ["0", str(len(expected(cfg, "calico-03"))), "0"]
     assert key.stat().st_mode & 0o777 == 0o600
-    assert ssh_nodes.path("calico-02", "/opt/bin/kubelet").read_bytes() == (
-        Path(cfg["paths"]["downloads"]) / "kubelet").read_bytes()
+    assert (
+        ssh_nodes.path("calico-02", "/opt/bin/kubelet").read_bytes()
+        == (Path(cfg["paths"]["downloads"]) / "kubelet").read_bytes()
+    )
     assert len(list(ssh_nodes.path("calico-02", "/var/lib/standin").glob("activated-[0-9]*"))) == 2
     assert len(list(ssh_nodes.path("calico-03", "/var/lib/standin").glob("activated-[0-9]*"))) == 1
 
@@ -166,7 +183,8 @@ def test_dry_prints_what_each_node_would_get_and_changes_nothing(ssh_nodes, cfg,
     assert "/srv/kubernetes/server.key\t0600\troot\t" in done.stdout
     assert "~/skydns.yaml\t0644\tcore\t" in done.stdout
     assert {n: r[:3] for n, r in rows(done.stdout).items()} == {
-        n: [str(len(expected(cfg, n))), "0", "0"] for n in ssh_nodes.names}
+        n: [str(len(expected(cfg, n))), "0", "0"] for n in ssh_nodes.names
+    }
 
 
 def test_a_stopped_node_is_named_while_the_others_complete(ssh_nodes, cfg, tmp_path):
@@ -175,7 +193,8 @@ def test_a_stopped_node_is_named_while_the_others_complete(ssh_nodes, cfg, tmp_p
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "copy failed on 1 node(s):",
-        f"  calico-02 (127.0.0.2:{ssh_nodes.port}): connection refused (is sshd running?)"]
+        f"  calico-02 (127.0.0.2:{ssh_nodes.port}): connection refused (is sshd running?)",
+    ]
     for node in ("calico-01", "calico-03"):
         assert ssh_nodes.path(node, cfg["cluster"]["user_data_path"]).exists()
     assert node_files(ssh_nodes, "calico-02") == []
@@ -211,7 +230,9 @@ def test_missing_render_output_says_run_render_and_touches_no_node(ssh_nodes, cf
     cfg["paths"]["output"] = str(tmp_path / "nothing")
     done = run_inv(tmp_path, "copy", config=cfg)
     assert done.returncode == 1
-    assert done.stderr.strip() == f"{tmp_path / 'nothing' / 'nodes' / 'calico-01.yaml'} is missing: run `inv render` first"
+    assert (
+        done.stderr.strip() == f"{tmp_path / 'nothing' / 'nodes' / 'calico-01.yaml'} is missing: run `inv render` first"
+    )
     assert all(node_files(ssh_nodes, n) == [] for n in ssh_nodes.names)
 
 
@@ -230,8 +251,10 @@ def test_a_relative_user_data_path_is_refused_before_any_node_is_touched(ssh_nod
     cfg["cluster"]["user_data_path"] = "user-data"
     done = run_inv(tmp_path, "copy", config=cfg)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("invalid configuration: cluster.user_data_path = 'user-data': expected an "
-                                   "absolute path like /var/lib/coreos-vagrant/vagrantfile-user-data")
+    assert done.stderr.strip() == (
+        "invalid configuration: cluster.user_data_path = 'user-data': expected an "
+        "absolute path like /var/lib/coreos-vagrant/vagrantfile-user-data"
+    )
     assert all(node_files(ssh_nodes, n) == [] for n in ssh_nodes.names)
 
 
@@ -241,7 +264,8 @@ def test_plan_puts_the_cloud_config_last_and_manifests_only_on_the_master(cfg):
     for node in cluster.nodes:
         assert wanted[node.name][-1].target == cfg["cluster"]["user_data_path"]
         assert {i.target for i in wanted[node.name]} == {
-            t.replace("/home/core", copy.HOME) for t in expected(cfg, node.name)}
+            t.replace("/home/core", copy.HOME) for t in expected(cfg, node.name)
+        }
 
 
 def test_needed_compares_content_mode_and_owner():
@@ -250,13 +274,15 @@ def test_needed_compares_content_mode_and_owner():
     h = copy.Item("/home/core/x.yaml", 0o644, Path("x"), owner="user")
     last = copy.Item("/var/lib/coreos-vagrant/vagrantfile-user-data", 0o644, Path("u"))
     sums = {Path("a"): "1" * 64, Path("x"): "2" * 64, Path("u"): "3" * 64}
-    text = ("stat|755|root|regular file|10|7|1700000000|/opt/bin/a\n"
-            "stat|755|root|directory|4096|8|1700000000|/opt/kubernetes/manifests\n"
-            "stat|644|core|regular file|20|9|1700000000|/home/core/x.yaml\n"
-            "stat|644|root|regular file|30|10|1700000000|/var/lib/coreos-vagrant/vagrantfile-user-data\n"
-            f"sum|{'1' * 64}|10|7|1700000000|/opt/bin/a\n"
-            f"sum|{'2' * 64}|20|9|1700000000|/home/core/x.yaml\n"
-            f"sum|{'3' * 64}|30|10|1699999999|/var/lib/coreos-vagrant/vagrantfile-user-data\n")
+    text = (
+        "stat|755|root|regular file|10|7|1700000000|/opt/bin/a\n"
+        "stat|755|root|directory|4096|8|1700000000|/opt/kubernetes/manifests\n"
+        "stat|644|core|regular file|20|9|1700000000|/home/core/x.yaml\n"
+        "stat|644|root|regular file|30|10|1700000000|/var/lib/coreos-vagrant/vagrantfile-user-data\n"
+        f"sum|{'1' * 64}|10|7|1700000000|/opt/bin/a\n"
+        f"sum|{'2' * 64}|20|9|1700000000|/home/core/x.yaml\n"
+        f"sum|{'3' * 64}|30|10|1699999999|/var/lib/coreos-vagrant/vagrantfile-user-data\n"
+    )
     remote = copy.parse_check(text)
     # The cloud-config changed after its sum was recorded: that sum does not count.
     assert copy.unhashed([a, d, h, last], remote) == [last.target]

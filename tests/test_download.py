@@ -7,6 +7,7 @@ https://github.com/ to it, exactly as a user's mirror would. Hooks make it
 redirect, cut a body short, answer 5xx or 404, serve other bytes, stall, or
 throttle; it counts connections and logs every request.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,9 +34,9 @@ class FileServer:
 
     def __init__(self, rate: float = 0, latency: float = 0):
         self.files: dict[str, bytes | Path] = {}
-        self.hooks: dict[str, list[tuple]] = {}     # path -> actions, one used up per request
-        self.redirects: dict[str, str] = {}         # path -> target path, every time
-        self.log: list[tuple[str, str, str | None]] = []   # (method, path, Range header)
+        self.hooks: dict[str, list[tuple]] = {}  # path -> actions, one used up per request
+        self.redirects: dict[str, str] = {}  # path -> target path, every time
+        self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.connections = 0
         self.rate, self.latency = rate, latency
         self._lock = threading.Lock()
@@ -131,7 +132,7 @@ class FileServer:
                     position = start
                     while position < stop:
                         n = min(64 * 1024, stop - position, (stall[0] - position) if stall else stop)
-                        chunk = data[position:position + n] if source is None else source.read(n)
+                        chunk = data[position : position + n] if source is None else source.read(n)
                         self.wfile.write(chunk)
                         position += n
                         sent += n
@@ -183,9 +184,13 @@ def server():
 def mirrored(tmp_path, srv: FileServer, **download_keys) -> dict:
     """The default configuration, its two upstream hosts mirrored to `srv`, everything in tmp_path."""
     artifacts = [dict(a, sha256="") for a in ARTIFACTS]
-    keys = {"lock_file": str(tmp_path / "downloads.lock"), "timeout": 2, "retries": 3,
-            "artifacts": artifacts,
-            "mirrors": {"https://storage.googleapis.com/": srv.base + "/", "https://github.com/": srv.base + "/"}}
+    keys = {
+        "lock_file": str(tmp_path / "downloads.lock"),
+        "timeout": 2,
+        "retries": 3,
+        "artifacts": artifacts,
+        "mirrors": {"https://storage.googleapis.com/": srv.base + "/", "https://github.com/": srv.base + "/"},
+    }
     keys.update(download_keys)
     return make_config(tmp_path, download=keys)
 
@@ -217,19 +222,32 @@ def assert_placed(config, contents: dict[str, bytes]) -> None:
 
 # --- configuration (pure) -----------------------------------------------------
 
+
 def test_default_artifacts_are_the_seeds_binaries_over_https(config):
     arts = {a.name: a for a in artifacts(config)}
-    assert list(arts) == ["kubectl", "kubelet", "kube-proxy", "kube-apiserver", "kube-controller-manager",
-                          "kube-scheduler", "calicoctl", "calico", "calico-ipam", "setup-network-environment"]
-    assert arts["kubelet"].url == ("https://storage.googleapis.com/kubernetes-release/release/v1.1.7/"
-                                   "bin/linux/amd64/kubelet")
-    assert arts["calicoctl"].url == ("https://github.com/projectcalico/calico-containers/releases/download/"
-                                     "v0.15.0/calicoctl")
+    assert list(arts) == [
+        "kubectl",
+        "kubelet",
+        "kube-proxy",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "calicoctl",
+        "calico",
+        "calico-ipam",
+        "setup-network-environment",
+    ]
+    assert arts["kubelet"].url == (
+        "https://storage.googleapis.com/kubernetes-release/release/v1.1.7/bin/linux/amd64/kubelet"
+    )
+    assert arts["calicoctl"].url == (
+        "https://github.com/projectcalico/calico-containers/releases/download/v0.15.0/calicoctl"
+    )
     assert arts["calico-ipam"].url.endswith("/calico-cni/releases/download/v1.0.0/calico-ipam")
     assert arts["setup-network-environment"].sha256 == (
-        "8cd414e0d3e94bfd310a1945d69ce72ccca7d8585ea8f29df85637664a59c7c7")
-    assert {a.dest for a in arts.values() if a.name.startswith("calico") and a.name != "calicoctl"} == {
-        "/opt/cni/bin"}
+        "8cd414e0d3e94bfd310a1945d69ce72ccca7d8585ea8f29df85637664a59c7c7"
+    )
+    assert {a.dest for a in arts.values() if a.name.startswith("calico") and a.name != "calicoctl"} == {"/opt/cni/bin"}
     assert arts["kubectl"].dest == "/opt/bin" and arts["kubectl"].mode == 0o755
     assert arts["kubectl"].path == Path(config["paths"]["downloads"]) / "kubectl"
     assert all(a.url.startswith("https://") and a.url == a.upstream for a in arts.values())
@@ -243,9 +261,11 @@ def test_versions_change_the_urls(tmp_path):
 
 
 def test_mirrors_replace_the_longest_matching_prefix(tmp_path):
-    mirrors = {"https://github.com/": "https://gh.example/",
-               "https://github.com/projectcalico/": "https://calico.example/m/",
-               "https://storage.googleapis.com/": "https://mirror.example/k8s/"}
+    mirrors = {
+        "https://github.com/": "https://gh.example/",
+        "https://github.com/projectcalico/": "https://calico.example/m/",
+        "https://storage.googleapis.com/": "https://mirror.example/k8s/",
+    }
     arts = {a.name: a for a in artifacts(make_config(tmp_path, download={"mirrors": mirrors}))}
     assert arts["kubectl"].url == "https://mirror.example/k8s/kubernetes-release/release/v1.1.7/bin/linux/amd64/kubectl"
     assert arts["calico"].url == "https://calico.example/m/calico-cni/releases/download/v1.0.0/calico"
@@ -259,23 +279,31 @@ def bad_artifact(index: int, **changes) -> dict:
     return {"artifacts": arts}
 
 
-@pytest.mark.parametrize("keys, message", [
-    (bad_artifact(3, mode="999"), "download.artifacts[3].mode = '999': expected an octal file mode"),
-    (bad_artifact(1, url="https://x.example/{kube}/kubelet"),
-     "download.artifacts[1].url = 'https://x.example/{kube}/kubelet': "
-     "expected an http(s) URL whose placeholders are among {kubernetes}, {calicoctl}"),
-    (bad_artifact(1, url="https://x.example/{kubernetes"), "download.artifacts[1].url"),
-    (bad_artifact(0, url="ftp://x.example/kubectl"), "expected an http:// or https:// URL"),
-    (bad_artifact(2, name="kubectl"), "download.artifacts[2].name = 'kubectl': expected a name no other artifact has"),
-    (bad_artifact(2, name="../kube-proxy"), "download.artifacts[2].name = '../kube-proxy'"),
-    (bad_artifact(4, sha256="xyz"), "download.artifacts[4].sha256 = 'xyz': expected 64 hexadecimal digits"),
-    (bad_artifact(5, dest="opt/bin"), "download.artifacts[5].dest = 'opt/bin': expected an absolute folder"),
-    (bad_artifact(5, mode=755), "download.artifacts[5].mode = 755: expected a string"),
-    (bad_artifact(5, checksum="ab"), "download.artifacts[5].checksum"),
-    ({"mirrors": {"https://github.com/": "gh.example"}}, "download.mirrors['https://github.com/'] = 'gh.example'"),
-    ({"parallel": 0}, "download.parallel = 0: expected a whole number of at least 1"),
-    ({"lock_file": ""}, "download.lock_file = ''"),
-])
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        (bad_artifact(3, mode="999"), "download.artifacts[3].mode = '999': expected an octal file mode"),
+        (
+            bad_artifact(1, url="https://x.example/{kube}/kubelet"),
+            "download.artifacts[1].url = 'https://x.example/{kube}/kubelet': "
+            "expected an http(s) URL whose placeholders are among {kubernetes}, {calicoctl}",
+        ),
+        (bad_artifact(1, url="https://x.example/{kubernetes"), "download.artifacts[1].url"),
+        (bad_artifact(0, url="ftp://x.example/kubectl"), "expected an http:// or https:// URL"),
+        (
+            bad_artifact(2, name="kubectl"),
+            "download.artifacts[2].name = 'kubectl': expected a name no other artifact has",
+        ),
+        (bad_artifact(2, name="../kube-proxy"), "download.artifacts[2].name = '../kube-proxy'"),
+        (bad_artifact(4, sha256="xyz"), "download.artifacts[4].sha256 = 'xyz': expected 64 hexadecimal digits"),
+        (bad_artifact(5, dest="opt/bin"), "download.artifacts[5].dest = 'opt/bin': expected an absolute folder"),
+        (bad_artifact(5, mode=755), "download.artifacts[5].mode = 755: expected a string"),
+        (bad_artifact(5, checksum="ab"), "download.artifacts[5].checksum"),
+        ({"mirrors": {"https://github.com/": "gh.example"}}, "download.mirrors['https://github.com/'] = 'gh.example'"),
+        ({"parallel": 0}, "download.parallel = 0: expected a whole number of at least 1"),
+        ({"lock_file": ""}, "download.lock_file = ''"),
+    ],
+)
 def test_bad_configuration_is_one_line_naming_the_key(tmp_path, keys, message):
     with pytest.raises(ConfigError) as err:
         artifacts(make_config(tmp_path, download=keys))
@@ -284,8 +312,10 @@ def test_bad_configuration_is_one_line_naming_the_key(tmp_path, keys, message):
 
 
 def test_lock_file_round_trip_and_bad_line():
-    entries = {"kubectl": download.Locked("ab" * 32, "https://storage.googleapis.com/k/kubectl"),
-               "calico": download.Locked("cd" * 32, "https://github.com/p/calico")}
+    entries = {
+        "kubectl": download.Locked("ab" * 32, "https://storage.googleapis.com/k/kubectl"),
+        "calico": download.Locked("cd" * 32, "https://github.com/p/calico"),
+    }
     text = download.format_lock(entries)
     assert text.startswith("#") and text.index("calico") < text.index("kubectl")
     assert download.parse_lock(text, "downloads.lock") == entries
@@ -310,6 +340,7 @@ def test_only_names_must_exist(config):
 
 
 # --- downloading from the real server -------------------------------------------
+
 
 def test_fresh_download_places_verified_executables_and_writes_the_lock(tmp_path, server):
     config = mirrored(tmp_path, server)
@@ -443,8 +474,10 @@ def test_wrong_bytes_against_a_pin_never_reach_the_final_path(tmp_path, server):
     config["download"]["artifacts"][9]["sha256"] = sha(b"what upstream promised")
     outcome = fetch(config)
     reason = failures(outcome)["setup-network-environment"]
-    assert reason == (f"sha256 {sha(contents['setup-network-environment'])} does not match "
-                      f"{sha(b'what upstream promised')} pinned in download.artifacts")
+    assert reason == (
+        f"sha256 {sha(contents['setup-network-environment'])} does not match "
+        f"{sha(b'what upstream promised')} pinned in download.artifacts"
+    )
     folder = tmp_path / "downloads"
     assert not (folder / "setup-network-environment").exists() and not list(folder.glob("*.part"))
     # Pinned: no need to ask for digest files.
@@ -468,7 +501,8 @@ def test_changed_upstream_bytes_fail_against_the_lock_until_update_lock(tmp_path
     outcome = fetch(config)
     assert failures(outcome)["kubectl"] == (
         f"sha256 {sha(b'a rebuilt kubectl')} does not match {sha(contents['kubectl'])} recorded in "
-        "downloads.lock (run with --update-lock to accept a new upstream)")
+        "downloads.lock (run with --update-lock to accept a new upstream)"
+    )
     assert not kubectl.exists()
     assert download.read_lock(tmp_path / "downloads.lock")["kubectl"].sha256 == sha(contents["kubectl"])
     outcome = fetch(config, update_lock=True, only=["kubectl"])
@@ -491,14 +525,17 @@ def test_a_new_version_is_downloaded_and_relocked(tmp_path, server):
     assert lock["calico"] == download.Locked(sha(contents["calico"]), upstream)
 
 
-@pytest.mark.parametrize("published, ok", [
-    ({".sha256": lambda d: hashlib.sha256(d).hexdigest() + "  kubectl\n"}, True),
-    ({".sha1": lambda d: hashlib.sha1(d).hexdigest()}, True),
-    ({".md5": lambda d: hashlib.md5(d).hexdigest()}, True),
-    ({".sha256": lambda d: "0" * 64, ".sha1": lambda d: hashlib.sha1(d).hexdigest()}, False),
-    ({".sha1": lambda d: "0" * 40}, False),
-    ({".md5": lambda d: "0" * 32}, False),
-])
+@pytest.mark.parametrize(
+    "published, ok",
+    [
+        ({".sha256": lambda d: hashlib.sha256(d).hexdigest() + "  kubectl\n"}, True),
+        ({".sha1": lambda d: hashlib.sha1(d).hexdigest()}, True),
+        ({".md5": lambda d: hashlib.md5(d).hexdigest()}, True),
+        ({".sha256": lambda d: "0" * 64, ".sha1": lambda d: hashlib.sha1(d).hexdigest()}, False),
+        ({".sha1": lambda d: "0" * 40}, False),
+        ({".md5": lambda d: "0" * 32}, False),
+    ],
+)
 def test_published_digest_files_are_checked(tmp_path, server, published, ok):
     config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]])
     contents = publish(server, config)
@@ -512,7 +549,7 @@ def test_published_digest_files_are_checked(tmp_path, server, published, ok):
     # The strongest published digest is the one used: nothing weaker is asked for after it.
     asked = [p.rsplit(".", 1)[1] for _, p, _ in server.log if p.startswith(K8S + "kubectl.")]
     first = next(iter(published))[1:]
-    assert asked == ["sha256", "sha1", "md5"][:["sha256", "sha1", "md5"].index(first) + 1]
+    assert asked == ["sha256", "sha1", "md5"][: ["sha256", "sha1", "md5"].index(first) + 1]
 
 
 def test_a_digest_file_that_arrives_after_the_body_is_still_checked(tmp_path, server):
@@ -523,7 +560,8 @@ def test_a_digest_file_that_arrives_after_the_body_is_still_checked(tmp_path, se
     outcome = fetch(config)
     assert failures(outcome)["kubectl"] == (
         f"md5 {hashlib.md5(contents['kubectl']).hexdigest()} does not match "
-        f"{hashlib.md5(b'other bytes').hexdigest()} published at {server.base}{K8S}kubectl.md5")
+        f"{hashlib.md5(b'other bytes').hexdigest()} published at {server.base}{K8S}kubectl.md5"
+    )
     assert not (tmp_path / "downloads" / "kubectl").exists()
 
 
@@ -538,8 +576,7 @@ def test_a_server_that_stays_silent_times_out_and_a_retry_succeeds(tmp_path, ser
 
 
 def test_a_server_that_never_answers_fails_with_a_timeout(tmp_path, server):
-    config = mirrored(tmp_path, server, timeout=1, retries=2,
-                      artifacts=ARTIFACTS[:2])
+    config = mirrored(tmp_path, server, timeout=1, retries=2, artifacts=ARTIFACTS[:2])
     publish(server, config)
     server.hook(K8S + "kubelet", ("delay", 1.5), ("delay", 1.5))
     outcome = fetch(config)
@@ -588,6 +625,7 @@ def test_mode_and_only_are_honoured(tmp_path, server):
 
 # --- the real `inv download` ----------------------------------------------------
 
+
 def test_inv_download_then_offline_rerun(tmp_path, server):
     config = mirrored(tmp_path, server)
     publish(server, config)
@@ -625,11 +663,13 @@ def test_inv_download_failures_name_artifact_url_and_reason(tmp_path, server):
     result = run_inv(tmp_path, "download", config=config)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
-    assert sorted(errors) == sorted([
-        f"FAILED kube-proxy {server.base}{K8S}kube-proxy: HTTP 404 Not Found",
-        f"FAILED calicoctl {server.base}/projectcalico/calico-containers/releases/download/v0.15.0/calicoctl: "
-        f"sha256 {sha(contents['calicoctl'])} does not match {'0' * 64} pinned in download.artifacts",
-    ])
+    assert sorted(errors) == sorted(
+        [
+            f"FAILED kube-proxy {server.base}{K8S}kube-proxy: HTTP 404 Not Found",
+            f"FAILED calicoctl {server.base}/projectcalico/calico-containers/releases/download/v0.15.0/calicoctl: "
+            f"sha256 {sha(contents['calicoctl'])} does not match {'0' * 64} pinned in download.artifacts",
+        ]
+    )
     assert "download failed for 2 of 10 artifact(s): " in result.stderr
     assert result.stdout.count("downloaded ") == 8
 

@@ -4,6 +4,7 @@ kubernetes-validate's schemas start at Kubernetes 1.25; v1 Namespace, Service,
 ReplicationController and Pod are unchanged there, so validating against 1.25
 (strict: unknown fields fail) is the closest check available for 1.1.
 """
+
 from __future__ import annotations
 
 import kubernetes_validate
@@ -16,8 +17,11 @@ from tasks import render, stack
 
 def manifests(config) -> dict[str, list[dict]]:
     files = render.plan(project(config))
-    return {name.split("/", 1)[1]: [d for d in yaml.safe_load_all(text) if d]
-            for name, text in files.items() if name.startswith("manifests/")}
+    return {
+        name.split("/", 1)[1]: [d for d in yaml.safe_load_all(text) if d]
+        for name, text in files.items()
+        if name.startswith("manifests/")
+    }
 
 
 def container(docs, rc: str, name: str) -> dict:
@@ -58,14 +62,17 @@ def test_validation_catches_a_broken_manifest(tmp_path):
 
 
 def test_dns_address_and_domain_follow_the_configuration(tmp_path):
-    config = make_config(tmp_path, kubernetes={"service_range": "10.32.0.0/16", "dns_ip": "10.32.0.53",
-                                               "domain": "k8s.example"})
+    config = make_config(
+        tmp_path, kubernetes={"service_range": "10.32.0.0/16", "dns_ip": "10.32.0.53", "domain": "k8s.example"}
+    )
     docs = manifests(config)["skydns.yaml"]
     service = next(d for d in docs if d["kind"] == "Service")
     assert (service["metadata"]["name"], service["spec"]["clusterIP"]) == ("kube-dns", "10.32.0.53")
     assert "-domain=k8s.example" in container(docs, "kube-dns-v9", "kube2sky")["args"]
     assert "-domain=k8s.example." in container(docs, "kube-dns-v9", "skydns")["args"]
-    assert "-cmd=nslookup kubernetes.default.svc.k8s.example localhost >/dev/null" in \
-        container(docs, "kube-dns-v9", "healthz")["args"]
+    assert (
+        "-cmd=nslookup kubernetes.default.svc.k8s.example localhost >/dev/null"
+        in container(docs, "kube-dns-v9", "healthz")["args"]
+    )
     text = render.plan(project(config))["manifests/skydns.yaml"].decode()
     assert "cluster.local" not in text and "10.100.0.10" not in text

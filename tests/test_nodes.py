@@ -5,6 +5,7 @@ prints a `vagrant ssh-config` text in Vagrant 2.3's exact format pointing at
 the sshd nodes: VirtualBox cannot run here, and the connection details are
 all `nodes` takes from Vagrant.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -80,8 +81,9 @@ def test_hosts_provider_honours_the_users_ssh_config(ssh_nodes, tmp_path, monkey
     """Entries without key_file: each node's key comes from ~/.ssh/config, as with plain ssh."""
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "config").write_text("".join(
-        f"Host {ssh_nodes.addresses[n]}\n  IdentityFile {ssh_nodes.key_file(n)}\n" for n in ssh_nodes.names))
+    (home / ".ssh" / "config").write_text(
+        "".join(f"Host {ssh_nodes.addresses[n]}\n  IdentityFile {ssh_nodes.key_file(n)}\n" for n in ssh_nodes.names)
+    )
     monkeypatch.setenv("HOME", str(home))
     config = ssh_nodes.config
     config["cluster"]["hosts"] = [{k: v for k, v in h.items() if k != "key_file"} for h in config["cluster"]["hosts"]]
@@ -98,13 +100,15 @@ def test_on_nodes_names_the_failed_node_after_the_others_complete(ssh_nodes):
     message = str(err.value)
     assert message.splitlines() == [
         "marking failed on 1 node(s):",
-        f"  calico-02 (127.0.0.2:{ssh_nodes.port}): connection refused (is sshd running?)"]
+        f"  calico-02 (127.0.0.2:{ssh_nodes.port}): connection refused (is sshd running?)",
+    ]
     for name in ("calico-01", "calico-03"):
         assert ssh_nodes.path(name, "/home/core/seen").read_text() == f"{name}\n"
 
 
 def test_attempt_returns_failures_with_the_command_and_its_error(ssh_nodes):
     c = context(ssh_nodes.config)
+
     def fn(name, conn):
         if name == "calico-03":
             conn.run("echo first >&2; echo 'disk full' >&2; exit 3", hide=True)
@@ -113,8 +117,9 @@ def test_attempt_returns_failures_with_the_command_and_its_error(ssh_nodes):
     with group(c) as conns:
         results, failures = conns.attempt(fn)
     assert results == {"calico-01": "CALICO-01", "calico-02": "CALICO-02"}
-    assert str(failures["calico-03"]) == (f"calico-03 (127.0.0.3:{ssh_nodes.port}): "
-                                          "`echo first >&2; echo 'disk full' >&2; exit 3` exited 3: disk full")
+    assert str(failures["calico-03"]) == (
+        f"calico-03 (127.0.0.3:{ssh_nodes.port}): `echo first >&2; echo 'disk full' >&2; exit 3` exited 3: disk full"
+    )
 
 
 def test_a_wrong_key_is_reported_as_an_authentication_failure(ssh_nodes, tmp_path):
@@ -154,10 +159,12 @@ def test_wait_ready_gives_up_naming_the_node(ssh_nodes):
 def test_parse_vagrant_ssh_config_gives_each_host_its_own_port_and_key():
     got = providers.parse_ssh_config(VAGRANT_SSH_CONFIG, ["calico-01", "calico-02"])
     assert got == {
-        "calico-01": providers.Target("127.0.0.1", 2222, "core",
-                                      ("/home/me/project/.vagrant/machines/calico-01/virtualbox/private_key",)),
-        "calico-02": providers.Target("127.0.0.1", 2200, "core",
-                                      ("/home/me/project/.vagrant/machines/calico-02/virtualbox/private_key",)),
+        "calico-01": providers.Target(
+            "127.0.0.1", 2222, "core", ("/home/me/project/.vagrant/machines/calico-01/virtualbox/private_key",)
+        ),
+        "calico-02": providers.Target(
+            "127.0.0.1", 2200, "core", ("/home/me/project/.vagrant/machines/calico-02/virtualbox/private_key",)
+        ),
     }
 
 
@@ -173,7 +180,8 @@ def stand_in_vagrant(folder, ssh_nodes, exit_code=0):
         f"Host {n}\n  HostName {ssh_nodes.addresses[n]}\n  User core\n  Port {ssh_nodes.port}\n"
         f"  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  PasswordAuthentication no\n"
         f"  IdentityFile {ssh_nodes.key_file(n)}\n  IdentitiesOnly yes\n  LogLevel FATAL\n\n"
-        for n in ssh_nodes.names)
+        for n in ssh_nodes.names
+    )
     (folder / "ssh-config.txt").write_text(text)
     script = folder / "vagrant"
     script.write_text(f"""#!/bin/sh
@@ -206,15 +214,19 @@ def test_vagrant_provider_takes_every_node_from_one_ssh_config_call(ssh_nodes, t
 def test_vagrant_ssh_config_failure_says_to_run_up(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "vagrant").write_text("#!/bin/sh\necho 'The provider for this Vagrant-managed machine is "
-                                     "reporting that it is not yet ready for SSH.' >&2\nexit 1\n")
+    (bin_dir / "vagrant").write_text(
+        "#!/bin/sh\necho 'The provider for this Vagrant-managed machine is "
+        "reporting that it is not yet ready for SSH.' >&2\nexit 1\n"
+    )
     (bin_dir / "vagrant").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     c = context(make_config(tmp_path))
     with pytest.raises(StepError) as err, group(c):
         pass
-    assert str(err.value) == ("`vagrant ssh-config` failed: The provider for this Vagrant-managed machine is "
-                                 "reporting that it is not yet ready for SSH. (are the VMs up? run `inv up`)")
+    assert str(err.value) == (
+        "`vagrant ssh-config` failed: The provider for this Vagrant-managed machine is "
+        "reporting that it is not yet ready for SSH. (are the VMs up? run `inv up`)"
+    )
 
 
 def test_missing_vagrant_says_what_to_install(tmp_path, monkeypatch):
@@ -258,7 +270,8 @@ def test_conn_opens_one_connection_for_many_threads(ssh_nodes):
     before = ssh_nodes.log("calico-01").count("Accepted publickey")
     with group(c, ["calico-01"]) as conns:
         with ThreadPoolExecutor(6) as pool:
-            names = list(pool.map(lambda _: conns.conn("calico-01").run("hostname", hide=True).stdout.strip(),
-                                  range(6)))
+            names = list(
+                pool.map(lambda _: conns.conn("calico-01").run("hostname", hide=True).stdout.strip(), range(6))
+            )
     assert names == ["calico-01"] * 6
     assert ssh_nodes.log("calico-01").count("Accepted publickey") - before == 1

@@ -1,4 +1,5 @@
 """The PKI made by `inv render`: real chain verification, SANs, modes, reuse, re-issue."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -29,7 +30,8 @@ def load(folder, name):
 def test_files_and_modes(rendered):
     _, folder = rendered
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["ca.crt", "ca.key", "server.cert", "server.key", "kubecfg.crt", "kubecfg.key"])
+        ["ca.crt", "ca.key", "server.cert", "server.key", "kubecfg.crt", "kubecfg.key"]
+    )
     assert folder.stat().st_mode & 0o777 == 0o700
     for key in ("ca.key", "server.key", "kubecfg.key"):
         assert (folder / key).stat().st_mode & 0o777 == 0o600, key
@@ -43,10 +45,16 @@ def test_server_certificate_names_and_chain(rendered):
     server = load(folder, "server.cert")
     assert server.subject.rfc4514_string() == "CN=kubernetes-master"
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("172.18.18.101"),
-                                                         ipaddress.ip_address("10.100.0.1")]
+    assert sans.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("172.18.18.101"),
+        ipaddress.ip_address("10.100.0.1"),
+    ]
     assert sans.get_values_for_type(x509.DNSName) == [
-        "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
     store = Store([load(folder, "ca.crt")])
     for name in ("kubernetes.default.svc.cluster.local", "kubernetes"):
         verifier = PolicyBuilder().store(store).build_server_verifier(x509.DNSName(name))
@@ -61,8 +69,9 @@ def test_server_certificate_names_and_chain(rendered):
 def test_openssl_verifies_both_certificates(rendered):
     _, folder = rendered
     for cert in ("server.cert", "kubecfg.crt"):
-        result = subprocess.run(["openssl", "verify", "-CAfile", str(folder / "ca.crt"), str(folder / cert)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(folder / "ca.crt"), str(folder / cert)], capture_output=True, text=True
+        )
         assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), result.stdout + result.stderr
 
 
@@ -102,9 +111,14 @@ def test_reused_across_renders(rendered):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-@pytest.mark.parametrize("change", [{"cluster": {"first_ip": "172.18.18.150"}},
-                                   {"kubernetes": {"domain": "corp.local"}},
-                                   {"kubernetes": {"service_range": "10.32.0.0/16", "dns_ip": "10.32.0.10"}}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"cluster": {"first_ip": "172.18.18.150"}},
+        {"kubernetes": {"domain": "corp.local"}},
+        {"kubernetes": {"service_range": "10.32.0.0/16", "dns_ip": "10.32.0.10"}},
+    ],
+)
 def test_server_certificate_reissued_from_same_ca(rendered, change):
     config, folder = rendered
     before = {p.name: p.read_bytes() for p in folder.iterdir()}

@@ -1,4 +1,5 @@
 """`inv render`: seed equivalence, any number of nodes, stable and atomic output."""
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,11 @@ def test_any_number_of_nodes(tmp_path, count):
         node = rendered(out, name)
         ip = f"10.9.8.{7 + i}"
         assert node["hostname"] == name
-        assert node["coreos"]["etcd2"] == {"proxy": True, "listen-client-urls": "http://localhost:2379",
-                                           "initial-cluster": "etcdserver=http://10.9.8.7:2380"}
+        assert node["coreos"]["etcd2"] == {
+            "proxy": True,
+            "listen-client-urls": "http://localhost:2379",
+            "initial-cluster": "etcdserver=http://10.9.8.7:2380",
+        }
         units = {u["name"]: u.get("content", "") for u in node["coreos"]["units"]}
         assert "ETCD_AUTHORITY=10.9.8.7:2379" in units["calico-node.service"]
         assert f"--ip={ip} " in units["calico-node.service"]
@@ -111,8 +115,15 @@ def test_description_carries_vm_settings(tmp_path):
 
 
 def test_values_follow_the_configuration(tmp_path):
-    config = make_config(tmp_path, kubernetes={"service_range": "10.32.0.0/24", "dns_ip": "10.32.0.53",
-                                                "domain": "k8s.example", "pause_image": "pause:9"})
+    config = make_config(
+        tmp_path,
+        kubernetes={
+            "service_range": "10.32.0.0/24",
+            "dns_ip": "10.32.0.53",
+            "domain": "k8s.example",
+            "pause_image": "pause:9",
+        },
+    )
     render.render_all(project(config))
     units = {u["name"]: u.get("content", "") for u in rendered(tmp_path / "out", "calico-01")["coreos"]["units"]}
     assert "--service-cluster-ip-range=10.32.0.0/24" in units["kube-apiserver.service"]
@@ -131,8 +142,9 @@ def test_network_environment(tmp_path):
 
 
 def snapshot(folder):
-    return {p: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_render_twice_changes_nothing(tmp_path):

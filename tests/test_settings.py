@@ -1,4 +1,5 @@
 """Configuration checks: every bad value gives one line naming it, exit 2, no file."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,30 +12,68 @@ BAD = [
     ({"cluster": {"num_instances": 0}}, "cluster.num_instances = 0: expected a whole number of at least 1"),
     ({"cluster": {"num_instances": "three"}}, "cluster.num_instances = 'three': expected a whole number"),
     ({"cluster": {"first_ip": "172.18.18.300"}}, "cluster.first_ip = '172.18.18.300': expected an IPv4 address"),
-    ({"cluster": {"first_ip": "10.0.0.5"}}, "cluster.first_ip = '10.0.0.5': expected a host address inside cluster.network 172.18.18.0/24"),
-    ({"cluster": {"network": "172.18.18.1/24"}}, "cluster.network = '172.18.18.1/24': expected an IPv4 network in CIDR form"),
+    (
+        {"cluster": {"first_ip": "10.0.0.5"}},
+        "cluster.first_ip = '10.0.0.5': expected a host address inside cluster.network 172.18.18.0/24",
+    ),
+    (
+        {"cluster": {"network": "172.18.18.1/24"}},
+        "cluster.network = '172.18.18.1/24': expected an IPv4 network in CIDR form",
+    ),
     ({"cluster": {"num_instances": 200}}, "cluster.num_instances = 200: expected at most 154 nodes from 172.18.18.101"),
-    ({"cluster": {"instance_name_prefix": "Calico_"}}, "cluster.instance_name_prefix = 'Calico_': expected a hostname prefix"),
+    (
+        {"cluster": {"instance_name_prefix": "Calico_"}},
+        "cluster.instance_name_prefix = 'Calico_': expected a hostname prefix",
+    ),
     ({"cluster": {"provider": "virtualbox"}}, "cluster.provider = 'virtualbox': expected one of vagrant, hosts"),
-    ({"cluster": {"provider": "hosts", "hosts": [{"name": "a", "address": "127.0.0.1"}, {"name": "a", "address": "127.0.0.2"}]}},
-     "cluster.hosts[1].name = 'a': expected a name no other host has"),
-    ({"cluster": {"provider": "hosts", "hosts": [{"name": "bad_name", "address": "127.0.0.1"}]}},
-     "cluster.hosts[0].name = 'bad_name': expected a hostname"),
-    ({"cluster": {"provider": "hosts", "hosts": [{"name": "a", "address": "host.example"}]}},
-     "cluster.hosts[0].address = 'host.example': expected an IPv4 address"),
-    ({"cluster": {"provider": "hosts", "hosts": [{"name": "a", "address": "10.0.0.1", "adress": "x"}]}},
-     "cluster.hosts[0].adress = 'x': expected one of name, address"),
+    (
+        {
+            "cluster": {
+                "provider": "hosts",
+                "hosts": [{"name": "a", "address": "127.0.0.1"}, {"name": "a", "address": "127.0.0.2"}],
+            }
+        },
+        "cluster.hosts[1].name = 'a': expected a name no other host has",
+    ),
+    (
+        {"cluster": {"provider": "hosts", "hosts": [{"name": "bad_name", "address": "127.0.0.1"}]}},
+        "cluster.hosts[0].name = 'bad_name': expected a hostname",
+    ),
+    (
+        {"cluster": {"provider": "hosts", "hosts": [{"name": "a", "address": "host.example"}]}},
+        "cluster.hosts[0].address = 'host.example': expected an IPv4 address",
+    ),
+    (
+        {"cluster": {"provider": "hosts", "hosts": [{"name": "a", "address": "10.0.0.1", "adress": "x"}]}},
+        "cluster.hosts[0].adress = 'x': expected one of name, address",
+    ),
     ({"cluster": {"provider": "hosts", "hosts": []}}, "cluster.hosts = []: expected at least one"),
-    ({"kubernetes": {"service_range": "10.100.0.0/33"}}, "kubernetes.service_range = '10.100.0.0/33': expected an IPv4 network"),
-    ({"kubernetes": {"dns_ip": "10.200.0.10"}}, "kubernetes.dns_ip = '10.200.0.10': expected an address inside kubernetes.service_range 10.100.0.0/16"),
-    ({"kubernetes": {"dns_ip": "10.100.0.1"}}, "kubernetes.dns_ip = '10.100.0.1': expected an address inside kubernetes.service_range 10.100.0.0/16 other than 10.100.0.1"),
+    (
+        {"kubernetes": {"service_range": "10.100.0.0/33"}},
+        "kubernetes.service_range = '10.100.0.0/33': expected an IPv4 network",
+    ),
+    (
+        {"kubernetes": {"dns_ip": "10.200.0.10"}},
+        "kubernetes.dns_ip = '10.200.0.10': expected an address inside kubernetes.service_range 10.100.0.0/16",
+    ),
+    (
+        {"kubernetes": {"dns_ip": "10.100.0.1"}},
+        "kubernetes.dns_ip = '10.100.0.1': expected an address inside kubernetes.service_range 10.100.0.0/16 other than 10.100.0.1",
+    ),
     ({"kubernetes": {"domain": "cluster..local"}}, "kubernetes.domain = 'cluster..local': expected a DNS domain"),
-    ({"calico": {"pool": "10.100.0.0/24"}}, "calico.pool = '10.100.0.0/24': expected a network that does not overlap kubernetes.service_range"),
+    (
+        {"calico": {"pool": "10.100.0.0/24"}},
+        "calico.pool = '10.100.0.0/24': expected a network that does not overlap kubernetes.service_range",
+    ),
     ({"vm": {"memory": -1}}, "vm.memory = -1: expected a whole number of at least 1"),
-    ({"kubernetes": {"service_range": "172.18.0.0/16", "dns_ip": "172.18.0.10"}},
-     "kubernetes.service_range = '172.18.0.0/16': expected a network that does not overlap cluster.network 172.18.18.0/24"),
-    ({"cluster": {"provider": "hosts", "hosts": [{"name": "a", "address": "192.168.1.10"}]}},
-     "calico.pool = '192.168.0.0/16': expected a network that does not contain node a's address 192.168.1.10"),
+    (
+        {"kubernetes": {"service_range": "172.18.0.0/16", "dns_ip": "172.18.0.10"}},
+        "kubernetes.service_range = '172.18.0.0/16': expected a network that does not overlap cluster.network 172.18.18.0/24",
+    ),
+    (
+        {"cluster": {"provider": "hosts", "hosts": [{"name": "a", "address": "192.168.1.10"}]}},
+        "calico.pool = '192.168.0.0/16': expected a network that does not contain node a's address 192.168.1.10",
+    ),
     ({"verify": {"interval": 0}}, "verify.interval = 0: expected a whole number of at least 1"),
     ({"cluster": {"user_data_path": "user-data"}}, "cluster.user_data_path = 'user-data': expected an absolute path"),
     ({"addons": {"timeout": -5}}, "addons.timeout = -5: expected a number of seconds, 0 or more"),
@@ -87,18 +126,29 @@ def test_schema_lists_exactly_the_keys_of_invoke_yaml():
 def test_defaults_build_the_seed_cluster(tmp_path):
     cluster = settings.build(make_config(tmp_path)).cluster
     assert [(n.name, n.ip, n.role) for n in cluster.nodes] == [
-        ("calico-01", "172.18.18.101", "master"), ("calico-02", "172.18.18.102", "node"),
-        ("calico-03", "172.18.18.103", "node")]
+        ("calico-01", "172.18.18.101", "master"),
+        ("calico-02", "172.18.18.102", "node"),
+        ("calico-03", "172.18.18.103", "node"),
+    ]
     assert cluster.api_service_ip == "10.100.0.1"
     assert cluster.images == ["busybox:latest", "shenshouer/pause:0.8.0", "calico/node:v0.15.0"]
 
 
 def test_hosts_provider_uses_entries(tmp_path):
-    hosts = [{"name": "m1", "address": "203.0.113.10", "ip": "10.0.0.10", "port": 2222, "user": "admin"},
-             {"name": "w1", "address": "10.0.0.11"}]
+    hosts = [
+        {"name": "m1", "address": "203.0.113.10", "ip": "10.0.0.10", "port": 2222, "user": "admin"},
+        {"name": "w1", "address": "10.0.0.11"},
+    ]
     cluster = settings.build(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts})).cluster
     m1, w1 = cluster.nodes
-    assert (m1.name, m1.ip, m1.address, m1.port, m1.user, m1.role) == ("m1", "10.0.0.10", "203.0.113.10", 2222, "admin", "master")
+    assert (m1.name, m1.ip, m1.address, m1.port, m1.user, m1.role) == (
+        "m1",
+        "10.0.0.10",
+        "203.0.113.10",
+        2222,
+        "admin",
+        "master",
+    )
     assert (w1.ip, w1.address, w1.port, w1.user, w1.role) == ("10.0.0.11", "10.0.0.11", 22, "core", "node")
 
 
@@ -120,9 +170,11 @@ def test_inv_config_prints_the_effective_values(tmp_path):
 
 def test_a_large_network_is_checked_without_listing_it(tmp_path):
     """A /12 holds a million addresses: the checks compare numbers instead of listing them."""
-    cluster = settings.build(make_config(tmp_path, cluster={"network": "172.16.0.0/12", "first_ip": "172.16.0.10",
-                                                            "num_instances": 2})).cluster
+    cluster = settings.build(
+        make_config(tmp_path, cluster={"network": "172.16.0.0/12", "first_ip": "172.16.0.10", "num_instances": 2})
+    ).cluster
     assert [n.ip for n in cluster.nodes] == ["172.16.0.10", "172.16.0.11"]
     with pytest.raises(settings.ConfigError, match="at most 5 nodes"):
-        settings.build(make_config(tmp_path, cluster={"network": "10.0.0.0/29", "first_ip": "10.0.0.2",
-                                                      "num_instances": 6}))
+        settings.build(
+            make_config(tmp_path, cluster={"network": "10.0.0.0/29", "first_ip": "10.0.0.2", "num_instances": 6})
+        )

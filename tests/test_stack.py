@@ -1,4 +1,5 @@
 """Stacks as data: `stack: seed` renders exactly what it rendered before stacks existed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,10 @@ from tasks import render, settings, stack
 # these cases (case_config below) on main at 76a62f4, before stacks existed.
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "seed-render.json").read_text())
 # The one planned difference: the header comment names the template's new folder.
-MOVED = {f"from cloud-config/{name}.": f"from cloud-config/seed/{name}."
-         for name in ("master.yaml.j2", "node.yaml.j2", "network-environment.j2")}
+MOVED = {
+    f"from cloud-config/{name}.": f"from cloud-config/seed/{name}."
+    for name in ("master.yaml.j2", "node.yaml.j2", "network-environment.j2")
+}
 
 
 def case_config(tmp_path: Path, case: str) -> dict:
@@ -25,8 +28,15 @@ def case_config(tmp_path: Path, case: str) -> dict:
     n = int(count)
     if provider == "vagrant":
         return make_config(tmp_path, cluster={"num_instances": n})
-    hosts = [{"name": f"node-{i:02d}", "address": f"10.1.0.{i}", "ip": f"172.18.18.{100 + i}",
-              **({"port": 2222, "user": "admin"} if i == 2 else {})} for i in range(1, n + 1)]
+    hosts = [
+        {
+            "name": f"node-{i:02d}",
+            "address": f"10.1.0.{i}",
+            "ip": f"172.18.18.{100 + i}",
+            **({"port": 2222, "user": "admin"} if i == 2 else {}),
+        }
+        for i in range(1, n + 1)
+    ]
     return make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts})
 
 
@@ -48,10 +58,16 @@ def test_seed_renders_byte_identical_files(tmp_path, case):
 def test_the_only_difference_is_the_template_folder_in_headers(tmp_path):
     files = render.plan(settings.build(case_config(tmp_path, "vagrant-3")))
     changed = [name for name, data in files.items() if before_the_move(data) != data]
-    assert sorted(changed) == ["network-environment", "nodes/calico-01.yaml", "nodes/calico-02.yaml",
-                               "nodes/calico-03.yaml"]
-    assert all(b"cloud-config/seed/" in files[name].splitlines()[1] or
-               b"cloud-config/seed/" in files[name].splitlines()[0] for name in changed)
+    assert sorted(changed) == [
+        "network-environment",
+        "nodes/calico-01.yaml",
+        "nodes/calico-02.yaml",
+        "nodes/calico-03.yaml",
+    ]
+    assert all(
+        b"cloud-config/seed/" in files[name].splitlines()[1] or b"cloud-config/seed/" in files[name].splitlines()[0]
+        for name in changed
+    )
 
 
 def test_invoke_yaml_leaves_exactly_the_stack_keys_to_the_stack():
@@ -74,9 +90,15 @@ def test_every_stack_file_names_folders_and_templates_that_exist():
 def test_a_setting_only_another_stack_uses_is_refused_naming_the_stack(tmp_path, monkeypatch):
     """With two stacks, a key only the other one defines is an error naming the chosen stack."""
     seed = stack.load("seed")
-    other = stack.Stack(name="other", description="", templates=seed.templates, manifests=seed.manifests,
-                        node_templates=seed.node_templates, cluster_templates=seed.cluster_templates,
-                        defaults={k: dict(v) for k, v in seed.defaults.items()})
+    other = stack.Stack(
+        name="other",
+        description="",
+        templates=seed.templates,
+        manifests=seed.manifests,
+        node_templates=seed.node_templates,
+        cluster_templates=seed.cluster_templates,
+        defaults={k: dict(v) for k, v in seed.defaults.items()},
+    )
     del other.defaults["kubernetes"]["pause_image"]
     monkeypatch.setattr(stack, "names", lambda: ["other", "seed"])
     monkeypatch.setattr(stack, "load", lambda name: {"seed": seed, "other": other}[name])
@@ -84,8 +106,10 @@ def test_a_setting_only_another_stack_uses_is_refused_naming_the_stack(tmp_path,
     config["stack"] = "other"
     with pytest.raises(settings.ConfigError) as err:
         settings.build(config)
-    assert str(err.value) == ("invalid configuration: kubernetes.pause_image = 'mine/pause:1': expected no value: "
-                              "stack other has no use for it (leave it null)")
+    assert str(err.value) == (
+        "invalid configuration: kubernetes.pause_image = 'mine/pause:1': expected no value: "
+        "stack other has no use for it (leave it null)"
+    )
     config["kubernetes"]["pause_image"] = None
     assert settings.build(config).cluster.pause_image == ""
 

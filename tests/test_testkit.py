@@ -1,10 +1,12 @@
 """The test kit itself: seed files under CI, the `nodes` marker."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import conftest
 import pytest
+
+import conftest
 
 
 @pytest.fixture

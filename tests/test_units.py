@@ -5,6 +5,7 @@ binaries under /opt/bin, cannot exist here: the fake root holds stand-ins for
 them (a unit with an ExecStart, an executable shell script), which is all
 `systemd-analyze verify` looks at. Everything else is the host's systemd.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -38,7 +39,8 @@ def fake_root(tmp_path: Path, units: dict[str, str]) -> Path:
     for name in COREOS_UNITS:
         stand_in(root, f"/usr/bin/{name.split('.')[0]}")
         (root / "usr/lib/systemd/system" / name).write_text(
-            f"[Unit]\nDescription=stand-in for CoreOS {name}\n[Service]\nExecStart=/usr/bin/{name.split('.')[0]}\n")
+            f"[Unit]\nDescription=stand-in for CoreOS {name}\n[Service]\nExecStart=/usr/bin/{name.split('.')[0]}\n"
+        )
     for name, content in units.items():
         (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
         (root / "etc/systemd/system" / name).write_text(content)
@@ -50,8 +52,9 @@ def fake_root(tmp_path: Path, units: dict[str, str]) -> Path:
 
 
 def verify(root: Path, name: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["systemd-analyze", "verify", f"--root={root}", name],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", name], capture_output=True, text=True, timeout=60
+    )
 
 
 def rendered_units(tmp_path, count=3) -> dict[str, dict[str, str]]:

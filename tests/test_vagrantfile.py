@@ -4,6 +4,7 @@ VirtualBox cannot run here: a stand-in `VBoxManage` that only answers
 `--version` lets Vagrant load its VirtualBox provider, so `vagrant validate`
 checks the provider block too and `vagrant status` lists the machines.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,14 @@ def vagrant_env(tmp_path):
     fake = bin_dir / "VBoxManage"
     fake.write_text("#!/bin/sh\n# stand-in: VirtualBox cannot run here\necho 7.0.14r161095\n")
     fake.chmod(0o755)
-    env = dict(os.environ, VAGRANT_HOME=str(tmp_path / "vagrant-home"), VAGRANT_CHECKPOINT_DISABLE="1",
-               VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"), PATH=f"{bin_dir}:{os.environ['PATH']}",
-               CLUSTER_DESCRIPTION=str(tmp_path / "out" / "cluster.json"))
+    env = dict(
+        os.environ,
+        VAGRANT_HOME=str(tmp_path / "vagrant-home"),
+        VAGRANT_CHECKPOINT_DISABLE="1",
+        VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"),
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        CLUSTER_DESCRIPTION=str(tmp_path / "out" / "cluster.json"),
+    )
     return env
 
 

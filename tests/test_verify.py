@@ -6,6 +6,7 @@ output formats are checked against the seed's below), installed by the real
 `inv copy`; the API server proxy to the kube-ui is a loopback HTTP server.
 See tests/standin_cluster.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,24 +42,30 @@ def seed_cluster(tmp_path):
 
 # -- pure: the seed's outputs --------------------------------------------------------
 
+
 def test_bgp_table_of_the_seed_parses_and_passes(seed_cluster):
     status = seed_output("calicoctl status")
     assert [(p["address"], p["type"], p["state"], p["info"]) for p in verify.parse_bgp(status)] == [
         ("172.18.18.102", "node-to-node mesh", "up", "Established"),
-        ("172.18.18.103", "node-to-node mesh", "up", "Established")]
+        ("172.18.18.103", "node-to-node mesh", "up", "Established"),
+    ]
     rows = verify.bgp_results(seed_cluster, "calico-01", status)
     assert [(r.ok, r.detail) for r in rows] == [
         (True, "peer calico-02 (172.18.18.102): up, Established since 03:57:16"),
-        (True, "peer calico-03 (172.18.18.103): up, Established since 03:59:36")]
+        (True, "peer calico-03 (172.18.18.103): up, Established since 03:59:36"),
+    ]
 
 
 def test_a_peer_not_established_is_named_with_its_row(seed_cluster):
     status = seed_output("calicoctl status").replace(
-        "|   up  | 03:59:36 | Established |", "| start | 03:59:36 |   Connect   |")
+        "|   up  | 03:59:36 | Established |", "| start | 03:59:36 |   Connect   |"
+    )
     rows = verify.bgp_results(seed_cluster, "calico-01", status)
     assert [r.ok for r in rows] == [True, False]
-    assert rows[1].detail == ("peer calico-03 (172.18.18.103): start, Connect: "
-                              "| 172.18.18.103 | node-to-node mesh | start | 03:59:36 |   Connect   |")
+    assert rows[1].detail == (
+        "peer calico-03 (172.18.18.103): start, Connect: "
+        "| 172.18.18.103 | node-to-node mesh | start | 03:59:36 |   Connect   |"
+    )
 
 
 def test_a_peer_at_the_nat_address_gets_the_interface_hint(seed_cluster):
@@ -66,8 +73,12 @@ def test_a_peer_at_the_nat_address_gets_the_interface_hint(seed_cluster):
     rows = verify.bgp_results(seed_cluster, "calico-01", status)
     assert [(r.ok, r.detail) for r in rows[1:]] == [
         (False, "peer calico-03 (172.18.18.103): no BGP session"),
-        (False, "a peer at the NAT address 10.0.2.15: calico-node on calico-03 picked the wrong interface; "
-                "it must run `calicoctl node --ip=<its private address>`")]
+        (
+            False,
+            "a peer at the NAT address 10.0.2.15: calico-node on calico-03 picked the wrong interface; "
+            "it must run `calicoctl node --ip=<its private address>`",
+        ),
+    ]
 
 
 def test_calico_node_not_running(seed_cluster):
@@ -78,8 +89,12 @@ def test_calico_node_not_running(seed_cluster):
 
 def test_nslookup_of_the_seed_passes_and_wrong_answers_fail(seed_cluster):
     answer = seed_output("kubectl exec busybox -- nslookup kubernetes")
-    assert verify.parse_nslookup(answer) == {"server": "10.100.0.10", "name": "kubernetes",
-                                             "addresses": ["10.100.0.1"], "error": ""}
+    assert verify.parse_nslookup(answer) == {
+        "server": "10.100.0.10",
+        "name": "kubernetes",
+        "addresses": ["10.100.0.1"],
+        "error": "",
+    }
     assert verify.dns_result(seed_cluster, answer, "calico-01").ok
     wrong_server = answer.replace("10.100.0.10", "10.0.2.3")
     assert "resolver is 10.0.2.3, expected 10.100.0.10" in verify.dns_result(seed_cluster, wrong_server, "m").detail
@@ -93,23 +108,30 @@ def test_nslookup_of_the_seed_passes_and_wrong_answers_fail(seed_cluster):
 def test_kube_ui_answer_and_api_server_status_message():
     url = "http://127.0.0.1:8080/api/v1/proxy/namespaces/kube-system/services/kube-ui/"
     assert verify.ui_result(url, "<html>ui</html>\n200", "", "calico-01").ok
-    refused = verify.ui_result(url, '{"kind":"Status","message":"no endpoints available for service \\"kube-ui\\""}\n503',
-                               "", "calico-01")
+    refused = verify.ui_result(
+        url, '{"kind":"Status","message":"no endpoints available for service \\"kube-ui\\""}\n503', "", "calico-01"
+    )
     assert refused.detail == f'HTTP 503 from {url}: no endpoints available for service "kube-ui"'
-    down = verify.ui_result(url, "\n000", "curl: (7) Failed to connect to 127.0.0.1 port 8080: Connection refused",
-                            "calico-01")
-    assert down.detail == f"no answer from {url}: curl: (7) Failed to connect to 127.0.0.1 port 8080: Connection refused"
+    down = verify.ui_result(
+        url, "\n000", "curl: (7) Failed to connect to 127.0.0.1 port 8080: Connection refused", "calico-01"
+    )
+    assert (
+        down.detail == f"no answer from {url}: curl: (7) Failed to connect to 127.0.0.1 port 8080: Connection refused"
+    )
     missing = verify.ui_result(url, "", "bash: line 1: curl: command not found", "calico-01")
     assert missing.detail == f"no answer from {url}: bash: line 1: curl: command not found"
 
 
 def test_failure_message_names_every_failed_check():
-    rows = [kube.Result("nodes", "calico-01", True, "ok"),
-            kube.Result("nodes", "calico-02", False, "172.18.18.102 NotReady"),
-            kube.Result("bgp", "calico-03", False, "peer calico-02 (172.18.18.102): start, Connect")]
+    rows = [
+        kube.Result("nodes", "calico-01", True, "ok"),
+        kube.Result("nodes", "calico-02", False, "172.18.18.102 NotReady"),
+        kube.Result("bgp", "calico-03", False, "peer calico-02 (172.18.18.102): start, Connect"),
+    ]
     assert verify.failure_message(rows) == (
         "verify failed: 2 check(s) (nodes, bgp): nodes on calico-02: 172.18.18.102 NotReady; "
-        "bgp on calico-03: peer calico-02 (172.18.18.102): start, Connect")
+        "bgp on calico-03: peer calico-02 (172.18.18.102): start, Connect"
+    )
 
 
 def test_timeouts_must_be_seconds():
@@ -121,9 +143,15 @@ def test_timeouts_must_be_seconds():
 
 # -- the stand-ins against the seed's outputs ------------------------------------------
 
+
 def standin(tmp_path, program: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(STANDINS / program), *args], capture_output=True, text=True, cwd=tmp_path,
-                          env=dict(os.environ, STANDIN_DIR=str(tmp_path / "standin")))
+    return subprocess.run(
+        [str(STANDINS / program), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=dict(os.environ, STANDIN_DIR=str(tmp_path / "standin")),
+    )
 
 
 @pytest.fixture
@@ -133,11 +161,21 @@ def local_standins(tmp_path):
     cluster = project(config).cluster
     prepare(config)
     (tmp_path / "standin").mkdir()
-    scenario = {"kubernetes": {"nodes": [{"name": n.ip} for n in cluster.nodes], "cluster_dns": cluster.dns_ip,
-                               "kubernetes_ip": cluster.api_service_ip},
-                "calico": {"running": True, "ip": "172.18.18.101",
-                           "peers": [{"address": "172.18.18.102", "since": "03:57:16"},
-                                     {"address": "172.18.18.103", "since": "03:59:36"}]}}
+    scenario = {
+        "kubernetes": {
+            "nodes": [{"name": n.ip} for n in cluster.nodes],
+            "cluster_dns": cluster.dns_ip,
+            "kubernetes_ip": cluster.api_service_ip,
+        },
+        "calico": {
+            "running": True,
+            "ip": "172.18.18.101",
+            "peers": [
+                {"address": "172.18.18.102", "since": "03:57:16"},
+                {"address": "172.18.18.103", "since": "03:59:36"},
+            ],
+        },
+    }
     (tmp_path / "standin" / "scenario.json").write_text(json.dumps(scenario))
     manifests = tmp_path / "out" / "manifests"
     for name in project(config).addons.manifests:
@@ -166,8 +204,9 @@ def test_standin_tables_have_the_seeds_columns(local_standins):
 def test_standin_calicoctl_and_nslookup_print_what_the_seed_shows(local_standins):
     tmp_path, _ = local_standins
     assert standin(tmp_path, "calicoctl", "status").stdout == seed_output("calicoctl status")
-    assert standin(tmp_path, "kubectl", "exec", "busybox", "--", "nslookup", "kubernetes").stdout == \
-        seed_output("kubectl exec busybox -- nslookup kubernetes")
+    assert standin(tmp_path, "kubectl", "exec", "busybox", "--", "nslookup", "kubernetes").stdout == seed_output(
+        "kubectl exec busybox -- nslookup kubernetes"
+    )
 
 
 def test_standin_json_feeds_the_checks(local_standins):
@@ -175,25 +214,32 @@ def test_standin_json_feeds_the_checks(local_standins):
     listing = json.loads(standin(tmp_path, "kubectl", "get", "nodes", "-o", "json").stdout)
     assert listing["kind"] == "List" and listing["apiVersion"] == "v1"
     assert [r.ok for r in verify.node_results(cluster, listing)] == [True, True, True]
-    listing["items"][1]["status"]["conditions"][0].update(status="Unknown", reason="NodeStatusUnknown",
-                                                          message="Kubelet stopped posting node status.")
+    listing["items"][1]["status"]["conditions"][0].update(
+        status="Unknown", reason="NodeStatusUnknown", message="Kubelet stopped posting node status."
+    )
     del listing["items"][2]
     rows = verify.node_results(cluster, listing)
     assert [(r.node, r.ok, r.detail) for r in rows[1:]] == [
-        ("calico-02", False, "172.18.18.102 NotReady (Ready=Unknown, NodeStatusUnknown: Kubelet stopped posting "
-                             "node status.)"),
-        ("calico-03", False, "172.18.18.103 not registered: is kubelet running on calico-03?")]
+        (
+            "calico-02",
+            False,
+            "172.18.18.102 NotReady (Ready=Unknown, NodeStatusUnknown: Kubelet stopped posting node status.)",
+        ),
+        ("calico-03", False, "172.18.18.103 not registered: is kubelet running on calico-03?"),
+    ]
     pods = json.loads(standin(tmp_path, "kubectl", "get", "pods", "--namespace=kube-system", "-o", "json").stdout)
     expected = [w for w in kube.workloads(project(make_config(tmp_path))) if w.namespace == "kube-system"]
     rows = kube.pod_results("kube-system", cluster, pods["items"], expected)
     assert [r.ok for r in rows] == [True, True]
     assert re.fullmatch(r"kube-dns-v9-\w{5} 4/4 Running", rows[0].detail)
     missing = kube.pod_results("kube-system", cluster, pods["items"][1:], expected)
-    assert missing[0] == kube.Result("kube-system", "-", False,
-                                       "no pod of replication controller kube-system/kube-dns-v9: run `inv addons`")
+    assert missing[0] == kube.Result(
+        "kube-system", "-", False, "no pod of replication controller kube-system/kube-dns-v9: run `inv addons`"
+    )
 
 
 # -- `inv verify` over SSH ----------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ui_server():
@@ -243,7 +289,9 @@ def test_healthy_cluster_passes_every_check(ssh_cluster, up, scenario, ui_server
     assert done.returncode == 0, done.stdout + done.stderr
     rows = results(done.stdout)
     assert all(row[2] == "ok" for row in rows), rows
-    assert [row[0] for row in rows] == ["nodes"] * 3 + ["kube-system"] * 2 + ["busybox", "dns"] + ["bgp"] * 6 + ["kube-ui"]
+    assert [row[0] for row in rows] == ["nodes"] * 3 + ["kube-system"] * 2 + ["busybox", "dns"] + ["bgp"] * 6 + [
+        "kube-ui"
+    ]
     assert [row[1] for row in rows if row[0] == "nodes"] == ssh_cluster.names
     assert ["dns", "calico-01", "ok", "kubernetes -> 10.100.0.1 from 10.100.0.10"] in rows
     assert ["bgp", "calico-02", "ok", "peer calico-03 (127.0.0.3): up, Established since 03:57:16"] in rows
@@ -260,8 +308,10 @@ def test_json_output_shape(up, scenario, tmp_path):
     assert report["ok"] is False and report["timeout"] == 1
     assert all(set(row) == {"check", "node", "ok", "detail"} for row in report["checks"])
     assert [r["node"] for r in report["checks"] if not r["ok"]] == ["calico-03"]
-    assert "nodes on calico-03: 127.0.0.3 NotReady (Ready=False, KubeletNotReady: container runtime is down)" \
+    assert (
+        "nodes on calico-03: 127.0.0.3 NotReady (Ready=False, KubeletNotReady: container runtime is down)"
         in done.stderr
+    )
 
 
 def test_a_node_not_ready_is_named(up, scenario, tmp_path):
@@ -279,13 +329,17 @@ def test_a_node_that_gets_ready_in_time_passes(up, scenario, tmp_path):
 
 
 def test_a_kube_system_pod_not_ready_shows_its_containers(up, scenario, tmp_path):
-    scenario.kubernetes["pods"] = {"kube-dns-v9": {"not_ready": ["skydns", "healthz"], "waiting": "CrashLoopBackOff",
-                                                   "restarts": 7}}
+    scenario.kubernetes["pods"] = {
+        "kube-dns-v9": {"not_ready": ["skydns", "healthz"], "waiting": "CrashLoopBackOff", "restarts": 7}
+    }
     scenario.write()
     # Without its DNS pod ready, the cluster DNS does not answer either.
     message = verify_fails(tmp_path, up, "kube-system", "dns")
-    assert re.search(r"kube-system on calico-0\d: kube-dns-v9-\w{5} 2/4 Running; skydns not ready "
-                     r"\(waiting: CrashLoopBackOff, restarts 7\); healthz not ready", message), message
+    assert re.search(
+        r"kube-system on calico-0\d: kube-dns-v9-\w{5} 2/4 Running; skydns not ready "
+        r"\(waiting: CrashLoopBackOff, restarts 7\); healthz not ready",
+        message,
+    ), message
 
 
 def test_dns_not_answering_is_named(up, scenario, tmp_path):
@@ -299,15 +353,19 @@ def test_a_bgp_peer_not_established_names_node_and_peer(up, scenario, tmp_path):
     scenario.peer("calico-03", of="calico-02").update(state="start", info="Connect")
     scenario.write()
     message = verify_fails(tmp_path, up, "bgp")
-    assert message.endswith("(bgp): bgp on calico-03: peer calico-02 (127.0.0.2): start, Connect: "
-                            "|  127.0.0.2   | node-to-node mesh | start | 03:57:16 |   Connect   |")
+    assert message.endswith(
+        "(bgp): bgp on calico-03: peer calico-02 (127.0.0.2): start, Connect: "
+        "|  127.0.0.2   | node-to-node mesh | start | 03:57:16 |   Connect   |"
+    )
 
 
 def test_kube_ui_not_answering_is_named(up, scenario, ui_server, tmp_path):
     ui_server.status = 503
     message = verify_fails(tmp_path, up, "kube-ui")
-    assert f"kube-ui on calico-01: HTTP 503 from {ui_server.url}/api/v1/proxy/namespaces/kube-system/services/" \
-           f'kube-ui/: no endpoints available for service "kube-ui"' in message
+    assert (
+        f"kube-ui on calico-01: HTTP 503 from {ui_server.url}/api/v1/proxy/namespaces/kube-system/services/"
+        f'kube-ui/: no endpoints available for service "kube-ui"' in message
+    )
 
 
 def test_an_unreachable_node_fails_its_checks_and_the_others_complete(ssh_cluster, up, scenario, tmp_path):
@@ -322,8 +380,10 @@ def test_an_unreachable_node_fails_its_checks_and_the_others_complete(ssh_cluste
 def test_an_api_server_proxy_that_refuses_shows_curls_message(up, scenario, tmp_path):
     refusing = dict(up, verify=dict(up["verify"], api_url="http://127.0.0.1:1"))
     message = verify_fails(tmp_path, refusing, "kube-ui")
-    assert message.startswith("verify failed: 1 check(s) (kube-ui): kube-ui on calico-01: no answer from "
-                              "http://127.0.0.1:1/api/v1/proxy/namespaces/kube-system/services/kube-ui/: curl: (7) ")
+    assert message.startswith(
+        "verify failed: 1 check(s) (kube-ui): kube-ui on calico-01: no answer from "
+        "http://127.0.0.1:1/api/v1/proxy/namespaces/kube-system/services/kube-ui/: curl: (7) "
+    )
 
 
 def test_long_waits_say_what_they_wait_for(capsys):

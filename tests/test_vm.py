@@ -7,6 +7,7 @@ the real Vagrant with a stand-in `VBoxManage` that only answers `--version`
 where VMs must exist, a stand-in `vagrant` program that logs its arguments and
 answers `ssh-config` with the sshd nodes' details (tests/test_nodes.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,14 +42,22 @@ def vagrant_env(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "VBoxManage").write_text("#!/bin/sh\necho 7.0.14r161095\n")
     (bin_dir / "VBoxManage").chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", VAGRANT_HOME=str(tmp_path / "vagrant.d"),
-               VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"))
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        VAGRANT_HOME=str(tmp_path / "vagrant.d"),
+        VAGRANT_CHECKPOINT_DISABLE="1",
+        VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"),
+    )
     return config, env, bin_dir
 
 
 def table_rows(stdout: str) -> dict[str, list[str]]:
-    return {line.split("\t")[0]: line.split("\t")[1:] for line in stdout.splitlines()
-            if line.startswith("calico-") and "\t" in line}
+    return {
+        line.split("\t")[0]: line.split("\t")[1:]
+        for line in stdout.splitlines()
+        if line.startswith("calico-") and "\t" in line
+    }
 
 
 def test_up_with_hosts_waits_for_every_node(ssh_nodes, tmp_path):
@@ -84,7 +93,8 @@ def test_up_times_out_naming_the_node_that_does_not_answer(ssh_nodes, tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "waiting 2 s for SSH failed on 1 node(s):",
-        f"  calico-03 (127.0.0.3:{ssh_nodes.port}): connection refused (is sshd running?)"]
+        f"  calico-03 (127.0.0.3:{ssh_nodes.port}): connection refused (is sshd running?)",
+    ]
 
 
 def test_up_with_vagrant_starts_the_vms_then_waits_for_ssh(ssh_nodes, vagrant_env, tmp_path):
@@ -95,7 +105,9 @@ def test_up_with_vagrant_starts_the_vms_then_waits_for_ssh(ssh_nodes, vagrant_en
     assert "vagrant up: stand-in output" in done.stdout  # Vagrant's output streams through
     log = calls.read_text().splitlines()
     assert [line for line in log if not line.startswith("CLUSTER_DESCRIPTION=")] == [
-        "up", "ssh-config calico-01 calico-02 calico-03"]
+        "up",
+        "ssh-config calico-01 calico-02 calico-03",
+    ]
     assert f"CLUSTER_DESCRIPTION={tmp_path / 'out' / 'cluster.json'}" in log
 
 
@@ -155,7 +167,10 @@ def test_status_with_vagrant_shows_machines_not_created(vagrant_env, tmp_path):
 
 def test_parse_status_reads_each_machine_state():
     assert providers.parse_status(MACHINE_READABLE) == {
-        "calico-01": "running", "calico-02": "poweroff", "calico-03": "not_created"}
+        "calico-01": "running",
+        "calico-02": "poweroff",
+        "calico-03": "not_created",
+    }
 
 
 def test_ssh_runs_a_command_on_the_node_and_passes_its_exit_status(ssh_nodes, tmp_path):
@@ -190,8 +205,15 @@ def answering(tmp_path, answer: str, config: dict, env: dict) -> subprocess.Comp
     """`inv destroy` (as run_inv runs it) with `answer` on its stdin."""
     overrides = tmp_path / "test-config.yaml"
     overrides.write_text(yaml.safe_dump(config))
-    return subprocess.run([sys.executable, "-m", "invoke", "-f", str(overrides), "destroy"], cwd=ROOT,
-                          input=answer, capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "-f", str(overrides), "destroy"],
+        cwd=ROOT,
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("answer", ["", "n\n", "whatever\n"])
