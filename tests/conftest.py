@@ -1,4 +1,5 @@
 """Shared test helpers: the project's default configuration and a real `inv` run."""
+
 from __future__ import annotations
 
 import copy
@@ -57,13 +58,20 @@ def make_config(tmp_path: Path, **sections) -> dict:
     return config
 
 
-def run_inv(tmp_path: Path, *args: str, config: dict | None = None, timeout: float = 300,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+def run_inv(
+    tmp_path: Path, *args: str, config: dict | None = None, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the real `inv` on the project with `config` as its `-f` file."""
     overrides = tmp_path / "test-config.yaml"
     overrides.write_text(yaml.safe_dump(config if config is not None else make_config(tmp_path)))
-    return subprocess.run([sys.executable, "-m", "invoke", "-f", str(overrides), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "-f", str(overrides), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, str]:
@@ -74,9 +82,14 @@ def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, 
     overrides = tmp_path / "terminal-config.yaml"
     overrides.write_text(yaml.safe_dump(config))
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(overrides), *args],
-                            cwd=ROOT, stdin=follower, stdout=follower, stderr=follower,
-                            env=dict(os.environ, COLUMNS="140", TERM="xterm"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-f", str(overrides), *args],
+        cwd=ROOT,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=dict(os.environ, COLUMNS="140", TERM="xterm"),
+    )
     os.close(follower)
     screen = b""
     while True:

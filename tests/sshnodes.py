@@ -33,6 +33,7 @@ CoreOS. Needs root, `unshare` (util-linux) and the Debian packages
 openssh-server and sudo. The mount points (/etc/kubernetes, ...) are created
 empty on this machine if missing and left there: other sessions may be using them.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -147,8 +148,11 @@ def ensure_user() -> None:
 
 
 def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
 
 
 class SSHNodes:
@@ -181,13 +185,22 @@ class SSHNodes:
         """Where `node_path` as seen on node `name` lives on this machine."""
         for folder, mount in sorted(MOUNTS.items(), key=lambda kv: -len(kv[1])):
             if node_path == mount or node_path.startswith(mount + "/"):
-                return self.root(name) / folder / node_path[len(mount):].lstrip("/")
+                return self.root(name) / folder / node_path[len(mount) :].lstrip("/")
         raise ValueError(f"{node_path} is not inside a node folder: {', '.join(MOUNTS.values())}")
 
     def hosts(self, **fields) -> list[dict]:
         """The cluster.hosts entries for these nodes; `fields` are added to each."""
-        return [{"name": n, "address": self.addresses[n], "port": self.port, "user": USER,
-                 "key_file": str(self.key_file(n)), **fields} for n in self.names]
+        return [
+            {
+                "name": n,
+                "address": self.addresses[n],
+                "port": self.port,
+                "user": USER,
+                "key_file": str(self.key_file(n)),
+                **fields,
+            }
+            for n in self.names
+        ]
 
     def make_config(self, tmp_path: Path, **sections) -> dict:
         """make_config(tmp_path) reaching these nodes with provider=hosts."""
@@ -220,11 +233,9 @@ class SSHNodes:
             _keygen(d / "host_key")
             _keygen(self.key_file(name))
             shutil.copyfile(self.key_file(name).with_suffix(".pub"), d / "authorized_keys")
-            (d / "sshd_config").write_text(SSHD_CONFIG.format(address=self.addresses[name],
-                                                              port=self.port, dir=d))
+            (d / "sshd_config").write_text(SSHD_CONFIG.format(address=self.addresses[name], port=self.port, dir=d))
             (self.root(name) / HOSTS_FILE).parent.mkdir(parents=True, exist_ok=True)
-            (self.root(name) / HOSTS_FILE).write_text(
-                f"127.0.0.1\tlocalhost\n{self.addresses[name]}\t{name}\n")
+            (self.root(name) / HOSTS_FILE).write_text(f"127.0.0.1\tlocalhost\n{self.addresses[name]}\t{name}\n")
             self._make_folders(name)
         for name in self.names:
             self._spawn(name)
@@ -248,10 +259,28 @@ class SSHNodes:
         script = NAMESPACE_SCRIPT.format(mounts=" && ".join(binds))
         log = open(self.dir(name) / "sshd.log", "ab")
         self.procs[name] = subprocess.Popen(
-            ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "sh",
-             SSHD, "-D", "-e", "-f", str(self.dir(name) / "sshd_config")],
+            [
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                SSHD,
+                "-D",
+                "-e",
+                "-f",
+                str(self.dir(name) / "sshd_config"),
+            ],
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NODE_NAME": name},
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         log.close()
 
     def _wait(self, name: str, timeout: float = 10) -> None:
