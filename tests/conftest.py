@@ -59,19 +59,64 @@ def make_config(tmp_path: Path, **sections) -> dict:
 
 
 def run_inv(
-    tmp_path: Path, *args: str, config: dict | None = None, timeout: float = 300, env: dict | None = None
+    tmp_path: Path,
+    *args: str,
+    config: dict | None = None,
+    timeout: float = 300,
+    env: dict | None = None,
+    process: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run the real `inv` on the project with `config` as its `-f` file."""
+    """Run `inv -f CONFIG ARGS` on the project, with `config` as its `-f` file: (exit status, stdout, stderr).
+
+    By default in this process: the same `Program` that `inv` runs, with its
+    output captured, `env` (when given) as the whole environment, no standard
+    input, and a fresh start for what a run remembers (`ui.note_once`). That
+    saves a Python start and the imports of every library per call. With
+    `process=True` it is a real `python -m invoke` process (bounded by
+    `timeout`): for what only a process shows (exec, signals, start-up).
+    """
     overrides = tmp_path / "test-config.yaml"
     overrides.write_text(yaml.safe_dump(config if config is not None else make_config(tmp_path)))
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", "-f", str(overrides), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    argv = ["-f", str(overrides), *args]
+    if process:
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+        )
+    return _run_in_process(argv, env)
+
+
+def _run_in_process(argv: list[str], env: dict | None) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+    import os
+
+    import invoke
+    from invoke import Program
+
+    from tasks import ui
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, saved_stdin = dict(os.environ), os.getcwd(), sys.stdin
+    code = 0
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        os.chdir(ROOT)
+        sys.stdin = io.StringIO("")
+        ui._NOTED.clear()  # each run is a new `inv`
+        program = Program(name="Invoke", binary="inv[oke]", binary_names=["invoke", "inv"], version=invoke.__version__)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                program.run(["inv", *argv])
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        sys.stdin = saved_stdin
+    return subprocess.CompletedProcess(["inv", *argv], code, out.getvalue(), err.getvalue())
 
 
 def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, str]:

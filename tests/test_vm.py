@@ -174,9 +174,10 @@ def test_parse_status_reads_each_machine_state():
 
 
 def test_ssh_runs_a_command_on_the_node_and_passes_its_exit_status(ssh_nodes, tmp_path):
-    done = run_inv(tmp_path, "ssh", "calico-02", "--command", "hostname; id -un", config=ssh_nodes.config)
+    # A real process: `inv ssh` replaces itself with ssh.
+    done = run_inv(tmp_path, "ssh", "calico-02", "--command", "hostname; id -un", config=ssh_nodes.config, process=True)
     assert (done.returncode, done.stdout) == (0, "calico-02\ncore\n"), done.stderr
-    failed = run_inv(tmp_path, "ssh", "calico-03", "-c", "exit 3", config=ssh_nodes.config)
+    failed = run_inv(tmp_path, "ssh", "calico-03", "-c", "exit 3", config=ssh_nodes.config, process=True)
     assert failed.returncode == 3
 
 
@@ -189,7 +190,7 @@ def test_ssh_names_an_unknown_node_and_the_known_ones(ssh_nodes, tmp_path):
 def test_ssh_with_vagrant_hands_over_to_vagrant_ssh(ssh_nodes, vagrant_env, tmp_path):
     config, env, bin_dir = vagrant_env
     calls = stand_in_vagrant(bin_dir, ssh_nodes)
-    done = run_inv(tmp_path, "ssh", "calico-01", "-c", "uptime", config=config, env=env)
+    done = run_inv(tmp_path, "ssh", "calico-01", "-c", "uptime", config=config, env=env, process=True)
     assert done.returncode == 0, done.stderr
     assert calls.read_text().splitlines()[0] == "ssh calico-01 -c uptime"
 
