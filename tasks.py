@@ -6,11 +6,17 @@ import the same way under `inv` and under pytest.
 """
 
 import importlib
+import sys
 from pathlib import Path
 
 from invoke import Collection
 
 __path__ = [str(Path(__file__).resolve().parent / "tasks")]
+
+from tasks import errors  # noqa: E402  (after __path__: tasks/ is this module's package)
+
+# Invoke reads `-f FILE` and INVOKE_* after this module and outside every task: one line, not a traceback.
+sys.excepthook = errors.one_line_loading_errors(sys.excepthook)
 
 # Step modules, in the order of the procedure; each exports TASKS.
 STEPS = ("render", "download", "vm", "copy", "addons", "verify")

@@ -10,6 +10,9 @@ into `invoke.Exit`: 2 for bad input, 1 otherwise, with the message as it is
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -45,5 +48,66 @@ def exits(task_body: Callable) -> Callable:
         except OSError as err:
             where = f"{err.filename}: " if err.filename else ""
             raise Exit(f"{task_body.__name__}: {where}{err.strerror or err}", code=1) from None
+        except KeyboardInterrupt:
+            # What was finished is kept (verified downloads, installed files); the next run goes on from there.
+            name = task_body.__name__.replace("show_", "")
+            raise Exit(f"{name}: interrupted; run `inv {name}` again to resume", code=130) from None
 
     return run
+
+
+NOT_A_MAPPING = "expected a mapping of settings, like the sections of invoke.yaml"
+
+
+def loading_problem(error: BaseException) -> str | None:
+    """One line for an error Invoke raised while reading `-f FILE` or INVOKE_* variables; None for any other.
+
+    Invoke reads them after loading the tasks and before running any, outside
+    every task: without this, a typo there ends in a traceback.
+    """
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        code, where = frame.f_code, frame.f_code.co_filename.replace(os.sep, "/")
+        if code.co_name == "_merge_file" and where.endswith("invoke/config.py"):
+            if frame.f_locals.get("name") == "runtime":
+                path = getattr(frame.f_locals.get("self"), "_runtime_path", "")
+                return f"invalid configuration file {path}: {NOT_A_MAPPING}"
+        if code.co_name == "_load_file" and where.endswith("invoke/config.py"):
+            path = frame.f_locals.get("filepath")
+            if hasattr(error, "problem_mark"):  # a YAML error (Invoke has its own copy of PyYAML)
+                mark = getattr(error, "problem_mark", None)
+                at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                why = f"{getattr(error, 'problem', None) or 'not YAML'}{at}"
+            elif type(error).__name__ == "UnknownFileType":
+                why = "expected a .yaml, .yml, .json or .py file"
+            elif isinstance(error, OSError):
+                why = f"cannot read it: {error.strerror or error}"
+            else:
+                why = NOT_A_MAPPING
+            return f"invalid configuration file {path}: {why}"
+        if code.co_name == "_path_set" and where.endswith("invoke/env.py"):
+            key_path, value, old = (frame.f_locals.get(k) for k in ("key_path", "value", "old"))
+            name = "INVOKE_" + "_".join(key_path or []).upper()
+            if isinstance(old, (list, tuple, dict)):
+                expected = "nothing: lists and mappings are set in a -f FILE, not in the environment"
+            elif isinstance(old, int):
+                expected = "a whole number"
+            else:
+                expected = f"a value like {old!r}"
+            return f"invalid configuration: {name} = {value!r}: expected {expected}"
+        if type(error).__name__ == "AmbiguousEnvVar":
+            return f"invalid configuration: {error}"
+    return None
+
+
+def one_line_loading_errors(previous: Callable) -> Callable:
+    """A `sys.excepthook` printing `loading_problem`'s line and exiting 2, or else passing on to `previous`."""
+
+    def hook(kind, error, tb):
+        message = loading_problem(error)
+        if message is None:
+            return previous(kind, error, tb)
+        sys.stdout.flush()
+        print(message, file=sys.stderr, flush=True)
+        os._exit(2)  # sys.exit would be an error inside an excepthook
+
+    return hook

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+LOCK = ".inv.lock"  # in a folder a run writes to: see folder_lock
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> bool:
@@ -33,3 +36,34 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> bool:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, task: str, wait: float = 10.0):
+    """Hold `folder` for one run of `inv TASK`: a second run at the same time waits up to `wait` seconds,
+    then stops naming the first (its task and process id), rather than both writing the same files."""
+    import fcntl
+    import time
+
+    from tasks.errors import StepError
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+                    raise StepError(
+                        f"{folder} is in use by {holder}: wait until it ends, or stop it, and run `inv {task}` again"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`inv {task}` (process {os.getpid()})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

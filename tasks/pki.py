@@ -178,6 +178,20 @@ def _still_good(pair, ca_cert, want_sans=None) -> bool:
     return True
 
 
+def _check_ca(folder: Path, cert, key) -> None:
+    """The CA's key must be the one its certificate names, and the certificate must sign itself."""
+    try:
+        matches = cert.public_key().public_numbers() == key.public_key().public_numbers()
+        cert.verify_directly_issued_by(cert)
+    except Exception:  # wrong signature, another key type: the pair cannot be used either way
+        matches = False
+    if not matches:
+        raise PKIError(
+            f"{folder / CA_KEY} does not match {folder / CA_CERT}: restore the pair that belongs together, "
+            f"or delete {folder} to make a new CA (every node then needs `inv copy`)"
+        )
+
+
 def plan(folder: Path, want: Want) -> dict[str, tuple[bytes, int]]:
     """The PKI files to write (name -> (bytes, mode)); empty when all are current.
 
@@ -202,6 +216,7 @@ def plan(folder: Path, want: Want) -> dict[str, tuple[bytes, int]]:
         ca = make_ca(now)
         out[CA_CERT], out[CA_KEY] = (_cert_pem(ca[0]), 0o644), (_key_pem(ca[1]), 0o600)
     ca_cert, ca_key = ca
+    _check_ca(folder, ca_cert, ca_key)
     leaves = (
         (SERVER_CERT, SERVER_KEY, "kubernetes-master", ExtendedKeyUsageOID.SERVER_AUTH, want.sans()),
         (CLIENT_CERT, CLIENT_KEY, "kubecfg", ExtendedKeyUsageOID.CLIENT_AUTH, None),

@@ -14,12 +14,15 @@ from invoke import task
 
 from tasks import settings
 from tasks.errors import StepError, exits
-from tasks.files import write_atomic
+from tasks.files import LOCK, folder_lock, write_atomic
 from tasks.settings import Cluster, Project
 
 DESCRIPTION = "cluster.json"
+MANIFEST = ".inv-render.json"  # what render wrote: only those files are ever removed
 NODES_DIR = "nodes"
 PKI_DIR = "pki"
+# What else may stand in the output folder: the PKI, the lock of a run, the nodes' host keys.
+OTHERS = {MANIFEST, PKI_DIR, LOCK, "known_hosts"}
 
 
 def _environment(folder: Path):
@@ -83,14 +86,38 @@ def plan(project: Project) -> dict[str, bytes]:
     return files
 
 
-def write(out: Path, files: dict[str, bytes]) -> list[str]:
-    """Write the planned files; remove node and manifest files no longer planned."""
+def previous(out: Path) -> list[str]:
+    """What the last render wrote into `out` (its manifest); StepError when `out` holds files no render wrote."""
+    try:
+        listed = json.loads((out / MANIFEST).read_text())["files"]
+        if isinstance(listed, list) and all(isinstance(name, str) for name in listed):
+            return listed
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # a damaged manifest: judged by what is in the folder, below
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OTHERS) if out.is_dir() else []
+    if not foreign:
+        return []  # a new or empty folder
+    if (out / DESCRIPTION).is_file() and (out / PKI_DIR).is_dir():
+        # Rendered before manifests were kept: its node and manifest files are ours.
+        return sorted(
+            f"{folder}/{p.name}" for folder in (NODES_DIR, "manifests") for p in (out / folder).glob("*.yaml")
+        )
+    raise StepError(
+        f"paths.output {out} holds files `inv render` did not write ({', '.join(foreign[:3])}"
+        f"{', ...' if len(foreign) > 3 else ''}): choose a new or empty folder"
+    )
+
+
+def write(out: Path, files: dict[str, bytes], before: list[str]) -> list[str]:
+    """Write the planned files and the manifest of them; remove what the last render (`before`) wrote, this one not."""
     changed = [name for name, data in sorted(files.items()) if write_atomic(out / name, data)]
-    for folder in (NODES_DIR, "manifests"):
-        for stale in sorted((out / folder).glob("*.yaml")):
-            if f"{folder}/{stale.name}" not in files:
-                stale.unlink()
-                changed.append(f"{folder}/{stale.name} (removed)")
+    for stale in before:
+        if stale not in files and (out / stale).is_file():
+            (out / stale).unlink()
+            changed.append(f"{stale} (removed)")
+    write_atomic(out / MANIFEST, (json.dumps({"files": sorted(files)}, indent=1) + "\n").encode())
     return changed
 
 
@@ -101,6 +128,7 @@ def render_all(project: Project) -> tuple[list[str], list[str]]:
     cluster = project.cluster
     files = plan(project)  # may raise on a template error: before anything is written
     out = project.output_dir
+    before = previous(out)
     want = pki.Want(cluster.master.ip, cluster.api_service_ip, cluster.domain)
     pki_dir = out / PKI_DIR
     pki_files = pki.plan(pki_dir, want)
@@ -108,7 +136,7 @@ def render_all(project: Project) -> tuple[list[str], list[str]]:
     pki_dir.mkdir(parents=True, exist_ok=True)
     pki_dir.chmod(0o700)
     pki.write(pki_dir, pki_files)
-    changed = write(out, files)
+    changed = write(out, files, before)
     return changed, [f"{PKI_DIR}/{n}" for n in sorted(pki_files)]
 
 
@@ -124,8 +152,10 @@ def render(c, quiet=False):
     from tasks import ui
 
     project = settings.load(c)
+    previous(project.output_dir)  # a folder of other files: refused before even the lock file is put there
     try:
-        changed, pki_changed = render_all(project)
+        with folder_lock(project.output_dir, "render"):
+            changed, pki_changed = render_all(project)
     except OSError as err:
         raise StepError(f"render: cannot write {err.filename}: {err.strerror}") from None
     if quiet:

@@ -87,6 +87,12 @@ LOGIN = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}")
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 MODE = re.compile(r"[0-7]{3,4}")
+# What configured words may contain where they end up in units, cloud-configs, the Vagrantfile or a command line.
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
+BOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+NODE_PATH = re.compile(r"(/[A-Za-z0-9._+-]+)+")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # -- the model -----------------------------------------------------------------
@@ -374,19 +380,19 @@ def _cluster(config: dict) -> Cluster:
     _apart(services, pool, network if provider.owns_network else None, nodes)
     positive("vm.memory", vm["memory"])
     positive("vm.cpus", vm["cpus"])
-    zones = zoneinfo.available_timezones()
-    if zones and vm["timezone"] not in zones:
+    zones = zoneinfo.available_timezones()  # empty where the host has no time-zone database
+    if not ZONE.fullmatch(vm["timezone"]) or (zones and vm["timezone"] not in zones):
         raise ConfigError("vm.timezone", vm["timezone"], "a time zone name like Asia/Shanghai")
     for i, image in enumerate(vm["images"] or []):
         _image(f"vm.images[{i}]", image)
-    if vm["box"] is not None and not vm["box"]:
+    if vm["box"] is not None and not BOX.fullmatch(vm["box"]):
         raise ConfigError("vm.box", vm["box"], "a Vagrant box name")
     if vm["box_url"] and not is_http(vm["box_url"]):
         raise ConfigError("vm.box_url", vm["box_url"], "an http(s) URL of the box, or empty")
     for key, value in config["versions"].items():
-        if value is not None and not value:
-            raise ConfigError(f"versions.{key}", value, "a non-empty version")
-    if cl["user_data_path"] is not None and not cl["user_data_path"].startswith("/"):
+        if value is not None and not VERSION.fullmatch(value):
+            raise ConfigError(f"versions.{key}", value, "a non-empty version of letters, digits, '.', '_', '+' and '-'")
+    if cl["user_data_path"] is not None and not NODE_PATH.fullmatch(cl["user_data_path"]):
         raise ConfigError(
             "cluster.user_data_path",
             cl["user_data_path"],
@@ -460,7 +466,7 @@ def _downloads(config: dict, folder: Path) -> Downloads:
             raise ConfigError(f"{key}.name", name, "a name no other artifact has")
         upstream = _fill(f"{key}.url", entry.get("url", ""), versions)
         dest = entry.get("dest", "/opt/bin")
-        if not dest.startswith("/"):
+        if not NODE_PATH.fullmatch(dest.rstrip("/") or "/"):
             raise ConfigError(f"{key}.dest", dest, "an absolute folder like /opt/bin")
         mode = entry.get("mode", "0755")
         if not MODE.fullmatch(mode):
@@ -514,10 +520,17 @@ def _checks(config: dict) -> Checks:
 def _paths(config: dict) -> tuple[Path, Path]:
     found = []
     for key in ("output", "downloads"):
-        if not config["paths"][key]:
-            raise ConfigError(f"paths.{key}", config["paths"][key], "a folder")
-        found.append(resolve(config["paths"][key]))
-    return found[0], found[1]
+        value = config["paths"][key]
+        if not value or CONTROL.search(value):
+            raise ConfigError(f"paths.{key}", value, "a folder")
+        folder = resolve(value)
+        if folder == ROOT or folder in ROOT.parents or folder == Path(folder.anchor):
+            raise ConfigError(f"paths.{key}", value, f"a folder of its own: not /, the project folder {ROOT} or above")
+        found.append(folder)
+    output, downloads = found
+    if output == downloads or output in downloads.parents or downloads in output.parents:
+        raise ConfigError("paths.downloads", config["paths"]["downloads"], f"a folder apart from paths.output {output}")
+    return output, downloads
 
 
 def plain(value):
@@ -567,10 +580,38 @@ def _ignored(values: dict, stack: Stack, provider: str) -> tuple[str, ...]:
     )
 
 
+def _sources(config) -> None:
+    """Refuse what Invoke passes over in silence: a `-f FILE` that does not exist, an INVOKE_* that names no key."""
+    import os
+
+    # Invoke keeps where the -f file was looked for, and whether it was found, only in private attributes.
+    path, found = getattr(config, "_runtime_path", None), getattr(config, "_runtime_found", None)
+    if path and not found:
+        raise ConfigError("-f", path, "an existing configuration file")
+    known = {"INVOKE_DEBUG", "INVOKE_RUNTIME_CONFIG"}
+
+    def walk(value, path: tuple[str, ...]) -> None:
+        if hasattr(value, "items"):
+            for key, inner in value.items():
+                walk(inner, (*path, key))
+        else:
+            known.add("INVOKE_" + "_".join(path).upper())
+
+    walk(config, ())
+    for name in sorted(os.environ):
+        if name.startswith("INVOKE_") and name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f", like {close[0]}" if close else ""
+            raise ConfigError(name, os.environ[name], f"INVOKE_<SECTION>_<KEY> naming a key of invoke.yaml{hint}")
+
+
 def load(c) -> Project:
     """The project of a task's context (raises ConfigError); says once which settings the provider ignores."""
     from tasks import ui
 
+    _sources(c.config)
     project = build(c.config, c.config)
     if project.ignored:
         ui.note_once(f"cluster.provider {project.cluster.provider} ignores {', '.join(project.ignored)}")
