@@ -84,26 +84,29 @@ def _builder(subject: str, issuer: x509.Name, public_key, now: datetime.datetime
     )
 
 
+def _key_usage(**allowed: bool) -> x509.KeyUsage:
+    """A KeyUsage extension allowing only the usages named."""
+    names = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    )
+    return x509.KeyUsage(**{name: allowed.get(name, False) for name in names})
+
+
 def make_ca(now: datetime.datetime, key=None) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     """A self-signed CA certificate, for a new key or for `key`."""
     key = key or _new_key()
     cert = (
         _builder("kubernetes-ca", _name("kubernetes-ca"), key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .sign(key, hashes.SHA256())
     )
     return cert, key
@@ -115,20 +118,7 @@ def issue(ca_cert, ca_key, cn: str, key, usage, sans=None, now=None) -> x509.Cer
     builder = (
         _builder(cn, ca_cert.subject, key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
