@@ -67,14 +67,16 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _name(cn: str, org: str = "") -> x509.Name:
+    """CN, and O where given: Kubernetes reads a client certificate's O as its group."""
+    org_part = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else []
+    return x509.Name([*org_part, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _builder(subject: str, issuer: x509.Name, public_key, now: datetime.datetime):
+def _builder(subject: str, issuer: x509.Name, public_key, now: datetime.datetime, org: str = ""):
     return (
         x509.CertificateBuilder()
-        .subject_name(_name(subject))
+        .subject_name(_name(subject, org))
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
@@ -112,11 +114,11 @@ def make_ca(now: datetime.datetime, key=None) -> tuple[x509.Certificate, rsa.RSA
     return cert, key
 
 
-def issue(ca_cert, ca_key, cn: str, key, usage, sans=None, now=None) -> x509.Certificate:
+def issue(ca_cert, ca_key, cn: str, key, usage, sans=None, now=None, org: str = "") -> x509.Certificate:
     """A leaf certificate for `key`, signed by the CA."""
     now = now or datetime.datetime.now(datetime.UTC)
     builder = (
-        _builder(cn, ca_cert.subject, key.public_key(), now)
+        _builder(cn, ca_cert.subject, key.public_key(), now, org)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
