@@ -7,6 +7,7 @@ to start, list, log in to and delete the machines.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import shutil
@@ -69,6 +70,14 @@ class Provider:
     def states(self) -> dict[str, str]:
         """Each machine's state, "-" where the provider cannot tell."""
         return {n.name: "-" for n in self.project.cluster.nodes}
+
+    def host_key_rule(self, starting: bool = False):
+        """How the nodes' SSH host keys are checked (nodes.HostKeyRule); `starting`: in `inv up`, after `start`."""
+        from tasks import nodes
+
+        policy = self.project.cluster.host_key_policy
+        known_hosts = self.project.output_dir / nodes.KNOWN_HOSTS
+        return nodes.HostKeyRule(known_hosts, policy, f"cluster.host_key_policy {policy}")
 
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
         """(argv, environment, folder) of an interactive SSH session on `node`."""
@@ -155,6 +164,16 @@ class Vagrant(Provider):
         # Vagrant's own output streams through: box download, boot, provisioners.
         if self.vagrant("up", warn=True).failed:
             raise StepError("`vagrant up` failed (its output is above)")
+
+    def host_key_rule(self, starting: bool = False):
+        """Each VM's key is recorded when `inv up` has started it (a re-created VM's replaces the old one);
+        every other task checks it strictly against what `inv up` recorded."""
+        rule = super().host_key_rule(starting)
+        if rule.mode == "off":
+            return rule
+        if starting:
+            return dataclasses.replace(rule, mode="record", why="")
+        return dataclasses.replace(rule, mode="strict", why="`inv up` records the VMs' keys")
 
     def states(self) -> dict[str, str]:
         from tasks.ui import last_line
