@@ -66,6 +66,8 @@ KNOWN_HOSTS = "known_hosts"  # the project's file, in paths.output
 # The files ssh reads when ssh_config names none (UserKnownHostsFile, GlobalKnownHostsFile).
 USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+# How each mode is said to ssh (`inv ssh`).
+SSH_STRICT = {"accept-new": "accept-new", "strict": "yes", "off": "no"}
 OFF_WARNING = "warning: cluster.host_key_policy is off: the nodes' SSH host keys are not checked"
 _known_hosts_lock = threading.Lock()  # the threads of one run record keys in the same file
 
@@ -322,6 +324,19 @@ def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool, ru
     conn = fabric.Connection(target.host, user=target.user, port=target.port, config=cfg, connect_kwargs=kwargs)
     _guard(conn, node or target.host, rule, load_ssh_config)
     return conn
+
+
+def login_options(project, target, rule: HostKeyRule, ssh_config: bool) -> list[str]:
+    """The `ssh` options that check `target`'s host key as the tasks' connections do (`inv ssh`).
+
+    The project's file comes first: ssh's accept-new records there.
+    """
+    conn = _connection(project.invoke_config, target, project.ssh_timeout, ssh_config, rule)
+    users, _, mode, _ = host_key_files(conn, rule, ssh_config)
+    rule.project_file.parent.mkdir(parents=True, exist_ok=True)
+    # Quoted, and % doubled: ssh splits the value at spaces and expands %-tokens in it.
+    files = " ".join('"' + str(f).replace("%", "%%") + '"' for f in (rule.project_file, *users))
+    return ["-o", f"UserKnownHostsFile={files}", "-o", f"StrictHostKeyChecking={SSH_STRICT[mode]}"]
 
 
 def where(conn) -> str:

@@ -266,25 +266,21 @@ class Hosts(Provider):
         }
 
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
+        """ssh with the host keys and policy of the tasks' connections; no configured value can read as an option."""
+        from tasks import nodes
+
         t = self.targets([node])[node]
-        argv = [
-            "ssh",
-            "-p",
-            str(t.port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            f"ConnectTimeout={self.project.ssh_timeout}",
-        ]
+        rule = self.host_key_rule()
+        if rule.mode == "off":
+            print(nodes.OFF_WARNING, file=sys.stderr, flush=True)
+        argv = ["ssh", "-l", t.user, "-p", str(t.port)]
+        argv += nodes.login_options(self.project, t, rule, self.load_ssh_config)
+        argv += ["-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={self.project.ssh_timeout}"]
         for key in t.key_files:
             argv += ["-i", key, "-o", "IdentitiesOnly=yes"]
         if command and sys.stdin.isatty():
             argv.append("-t")
-        argv += [f"{t.user}@{t.host}"] + ([command] if command else [])
+        argv += ["--", t.host] + ([command] if command else [])
         return argv, dict(os.environ), os.getcwd()
 
     def destroy(self, ask) -> None:

@@ -325,6 +325,57 @@ def test_off_warns_on_stderr_and_checks_no_key(ssh_nodes, tmp_path, home):
     assert done.stderr.strip() == "warning: cluster.host_key_policy is off: the nodes' SSH host keys are not checked"
     assert [row[1] for row in table_rows(done.stdout).values()] == ["yes", "yes", "yes"]
     assert known_hosts_file(tmp_path).read_text() == recorded  # off records nothing either
+    login = run_inv(tmp_path, "ssh", "calico-03", "-c", "hostname", config=config, process=True)
+    assert (login.returncode, login.stdout) == (0, "calico-03\n"), login.stderr
+    assert "warning: cluster.host_key_policy is off" in login.stderr
+
+
+def test_ssh_uses_the_recorded_key_and_refuses_a_changed_one(ssh_nodes, tmp_path, home):
+    assert run_inv(tmp_path, "status", config=ssh_nodes.config).returncode == 0  # records the keys
+    done = run_inv(tmp_path, "ssh", "calico-02", "-c", "hostname", config=ssh_nodes.config, process=True)
+    assert (done.returncode, done.stdout) == (0, "calico-02\n"), done.stderr
+    ssh_nodes.new_host_key("calico-02")
+    before = logins(ssh_nodes, "calico-02")
+    refused = run_inv(tmp_path, "ssh", "calico-02", "-c", "hostname", config=ssh_nodes.config, process=True)
+    assert (refused.returncode, refused.stdout) == (255, "")
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in refused.stderr
+    assert "Host key verification failed." in refused.stderr
+    assert logins(ssh_nodes, "calico-02") == before
+
+
+def test_ssh_records_a_first_contact_where_the_tasks_find_it(ssh_nodes, tmp_path, home):
+    """ssh's accept-new writes to the project's file, quoted for ssh (a space, a %), and strict tasks then pass."""
+    from tasks import nodes
+
+    config = ssh_nodes.config
+    config["paths"]["output"] = str(tmp_path / "out put %h")
+    done = run_inv(tmp_path, "ssh", "calico-01", "-c", "hostname", config=config, process=True)
+    assert (done.returncode, done.stdout) == (0, "calico-01\n"), done.stderr
+    known = tmp_path / "out put %h" / "known_hosts"
+    keys = nodes.known_keys([known], f"[127.0.0.1]:{ssh_nodes.port}")  # ssh may hash the name (HashKnownHosts)
+    assert [key.get_base64() for _, key in keys] == [ssh_nodes.host_key("calico-01").split()[1]]
+    config["cluster"]["host_key_policy"] = "strict"
+    status = run_inv(tmp_path, "status", config=config)
+    assert table_rows(status.stdout)["calico-01"][1] == "yes"
+    assert table_rows(status.stdout)["calico-02"][1].startswith("no: host key of [127.0.0.2]")
+
+
+def test_ssh_with_strict_refuses_an_unknown_node(ssh_nodes, tmp_path, home):
+    config = ssh_nodes.make_config(tmp_path, cluster={"host_key_policy": "strict"})
+    done = run_inv(tmp_path, "ssh", "calico-03", "-c", "hostname", config=config, process=True)
+    assert (done.returncode, done.stdout) == (255, "")
+    assert "Host key verification failed." in done.stderr
+    assert not known_hosts_file(tmp_path).exists()
+
+
+def test_ssh_takes_a_configured_address_as_a_host_name_never_as_an_option(ssh_nodes, tmp_path, home):
+    marker = tmp_path / "ran"
+    hosts = ssh_nodes.hosts()
+    hosts[0].update(address=f"-oProxyCommand=touch {marker}", ip="10.0.0.5")
+    config = make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts})
+    done = run_inv(tmp_path, "ssh", "calico-01", "-c", "hostname", config=config, process=True)
+    assert done.returncode == 255  # ssh: "hostname contains invalid characters"
+    assert not marker.exists()
 
 
 def test_up_with_vagrant_records_the_vms_keys_and_later_tasks_check_them(ssh_nodes, vagrant_env, tmp_path, home):
