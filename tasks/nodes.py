@@ -24,7 +24,6 @@ import hashlib
 import os
 import shlex
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tasks.errors import StepError
-from tasks.ui import last_line
+from tasks.ui import last_line, progress
 
 T = TypeVar("T")
 
@@ -213,11 +212,9 @@ class HostKeyCheck:
         if rule.mode == "record":
             self.record(name, key, replace=True)
             if changed:
-                print(
+                progress(
                     f"note: {self.node}: host key of {name} changed from {fingerprint(changed[0][1])} to {new}: "
-                    f"recorded, as `inv up` started the VM",
-                    file=sys.stderr,
-                    flush=True,
+                    f"recorded, as `inv up` started the VM"
                 )
             return
         if changed:
@@ -403,7 +400,7 @@ class Nodes:
     def __enter__(self) -> "Nodes":
         targets = self.provider.targets(self.names)
         if self.rule.mode == "off" and self.names:
-            print(OFF_WARNING, file=sys.stderr, flush=True)
+            progress(OFF_WARNING)
         self.connections = {
             name: _connection(
                 self.project.invoke_config,

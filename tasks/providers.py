@@ -267,12 +267,12 @@ class Hosts(Provider):
 
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
         """ssh with the host keys and policy of the tasks' connections; no configured value can read as an option."""
-        from tasks import nodes
+        from tasks import nodes, ui
 
         t = self.targets([node])[node]
         rule = self.host_key_rule()
         if rule.mode == "off":
-            print(nodes.OFF_WARNING, file=sys.stderr, flush=True)
+            ui.progress(nodes.OFF_WARNING)
         argv = ["ssh", "-l", t.user, "-p", str(t.port)]
         argv += nodes.login_options(self.project, t, rule, self.load_ssh_config)
         argv += ["-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={self.project.ssh_timeout}"]
