@@ -9,20 +9,31 @@ raising at the first:
 The provider says how to reach each node. Every connection has a Fabric config
 of its own, cloned from the task's, so one machine's key never leaks to the
 next (DESIGN.md §3).
+
+Host keys are checked as OpenSSH checks them, at connect, before anything is
+sent: against the user's known_hosts files (those ~/.ssh/config names, or
+ssh's defaults) and the project's own, `<paths.output>/known_hosts`, where new
+keys are recorded (`HostKeyCheck`).
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import os
+import shlex
 import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tasks.errors import StepError
-from tasks.ui import last_line
+from tasks.ui import last_line, progress
 
 T = TypeVar("T")
 
@@ -48,13 +59,203 @@ class NodesFailed(StepError):
         super().__init__("\n".join([f"{head} {len(failures)} node(s):"] + [f"  {f}" for f in failures.values()]))
 
 
-def _transport(*args, **kwargs):
+# -- host keys -------------------------------------------------------------------
+
+KNOWN_HOSTS = "known_hosts"  # the project's file, in paths.output
+# The files ssh reads when ssh_config names none (UserKnownHostsFile, GlobalKnownHostsFile).
+USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+# How each mode is said to ssh (`inv ssh`).
+SSH_STRICT = {"accept-new": "accept-new", "strict": "yes", "off": "no"}
+OFF_WARNING = "warning: cluster.host_key_policy is off: the nodes' SSH host keys are not checked"
+_known_hosts_lock = threading.Lock()  # the threads of one run record keys in the same file
+
+
+class HostKeyRefused(StepError):
+    """A host key that is not accepted; the message names it, says why and how to accept it."""
+
+
+@dataclass(frozen=True)
+class HostKeyRule:
+    """How one connection checks its host's key.
+
+    mode: accept-new, strict or off (cluster.host_key_policy); record (`inv up` of a Vagrant VM:
+    replace what is recorded); pin (`inv accept-host-key`: record the key whose fingerprint is `pin`).
+    """
+
+    project_file: Path
+    mode: str
+    why: str = ""  # what makes a strict mode strict, for the message
+    pin: str = ""
+    # (name, fingerprint) of each key recorded under this rule; shared by its copies with another mode
+    recorded: list = field(default_factory=list, compare=False)
+
+
+def fingerprint(key) -> str:
+    """A host key's fingerprint as ssh prints it: SHA256:<base64, unpadded>."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def key_name(host: str, port: int) -> str:
+    """How known_hosts names a host: `host` on port 22, `[host]:port` elsewhere (as ssh and paramiko do)."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def _from_ssh_config(ssh_config) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """(UserKnownHostsFile, GlobalKnownHostsFile, StrictHostKeyChecking yes) of a host's ssh_config lookup."""
+    users = shlex.split(ssh_config.get("userknownhostsfile", "")) or list(USER_KNOWN_HOSTS)
+    globals_ = shlex.split(ssh_config.get("globalknownhostsfile", "")) or list(GLOBAL_KNOWN_HOSTS)
+    strict = str(ssh_config.get("stricthostkeychecking", "")).lower() == "yes"
+    return (
+        tuple(os.path.expanduser(f) for f in users if f != "none"),
+        tuple(os.path.expanduser(f) for f in globals_ if f != "none"),
+        strict,
+    )
+
+
+def _entry(line: str):
+    """The known_hosts line as a paramiko HostKeyEntry; None for comments, markers and lines it cannot read."""
+    from paramiko.hostkeys import HostKeyEntry
+
+    line = line.strip()
+    if not line or line.startswith(("#", "@")):  # @cert-authority and @revoked lines are not supported
+        return None
+    try:
+        return HostKeyEntry.from_line(line)
+    except Exception:  # a line ssh could not use either: a key type or encoding paramiko does not know
+        return None
+
+
+def _names(entry, name: str) -> bool:
+    """Whether a known_hosts entry is for `name` (listed as it is, or hashed as with HashKnownHosts)."""
+    from paramiko.hostkeys import HostKeys
+
+    for listed in entry.hostnames:
+        if listed == name:
+            return True
+        if listed.startswith("|1|"):
+            try:
+                if HostKeys.hash_host(name, listed) == listed:
+                    return True
+            except Exception:  # a damaged hash
+                continue
+    return False
+
+
+def known_keys(files, name: str) -> list[tuple[str, Any]]:
+    """(file, key) of every entry for `name` in `files`; a missing or unreadable file has none, as for ssh."""
+    found = []
+    with _known_hosts_lock:
+        for path in files:
+            try:
+                lines = Path(path).read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                entry = _entry(line)
+                if entry is not None and _names(entry, name):
+                    found.append((str(path), entry.key))
+    return found
+
+
+def record_key(path: Path, name: str, key, replace: bool = False) -> None:
+    """Add `name`'s key to the known_hosts file `path`; with `replace`, drop its other entries there first."""
+    from tasks.files import write_atomic
+
+    with _known_hosts_lock:
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        if replace:
+            lines = [line for line in lines if not ((entry := _entry(line)) and _names(entry, name))]
+        lines.append(f"{name} {key.get_name()} {key.get_base64()}")
+        write_atomic(path, ("\n".join(lines) + "\n").encode())
+
+
+class HostKeyCheck:
+    """Checks a server's host key as OpenSSH does, before anything else goes over the connection.
+
+    A key equal to an entry of any file is known. Another key of a type that
+    has an entry is a changed key: always refused, naming both fingerprints
+    and the command that accepts the new one. An unknown key is recorded in
+    the project's file (accept-new) or refused (strict). Used as the paramiko
+    client's MissingHostKeyPolicy (`_policy_class`) while the client's own key
+    stores stay empty, so paramiko asks it on every connection.
+    """
+
+    def __init__(self, rule: HostKeyRule, node: str, files: tuple[str, ...] = ()):
+        self.rule, self.node = rule, node
+        self.files = (str(rule.project_file), *files)
+
+    def missing_host_key(self, client, hostname: str, key) -> None:
+        try:
+            self.check(hostname, key)
+        except HostKeyRefused:
+            client.close()  # the transport paramiko opened for the key exchange: nothing else goes over it
+            raise
+
+    def check(self, name: str, key) -> None:
+        rule, new = self.rule, fingerprint(key)
+        if rule.mode == "off":
+            return
+        accept = f"`inv accept-host-key {self.node} {new}`"
+        if rule.mode == "pin" and new == rule.pin:
+            self.record(name, key, replace=True)
+            return
+        entries = known_keys(self.files, name)
+        if any(known.asbytes() == key.asbytes() for _, known in entries):
+            return
+        if rule.mode == "pin":
+            raise HostKeyRefused(f"host key of {name} is {new}, not the {rule.pin} given: nothing recorded")
+        changed = [(path, known) for path, known in entries if known.get_name() == key.get_name()]
+        if rule.mode == "record":
+            self.record(name, key, replace=True)
+            if changed:
+                progress(
+                    f"note: {self.node}: host key of {name} changed from {fingerprint(changed[0][1])} to {new}: "
+                    f"recorded, as `inv up` started the VM"
+                )
+            return
+        if changed:
+            path, old = changed[0]
+            raise HostKeyRefused(
+                f"host key of {name} changed: recorded {fingerprint(old)} ({path}), now {new}; "
+                f"if the machine was reinstalled, check {new} on it and accept it with {accept}"
+            )
+        if rule.mode == "accept-new":
+            self.record(name, key)
+            return
+        raise HostKeyRefused(f"host key of {name} is not known ({rule.why}): it is {new}; check it, then run {accept}")
+
+    def record(self, name: str, key, replace: bool = False) -> None:
+        record_key(self.rule.project_file, name, key, replace)
+        self.rule.recorded.append((name, fingerprint(key)))
+
+
+@functools.cache
+def _policy_class() -> type:
+    """HostKeyCheck as a paramiko MissingHostKeyPolicy, made on first use: importing this module imports no paramiko."""
+    import paramiko
+
+    return type("HostKeyPolicy", (HostKeyCheck, paramiko.MissingHostKeyPolicy), {})
+
+
+# -- connections -------------------------------------------------------------------
+
+RSA_ALGORITHMS = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+
+
+def _transport(*args, prefer: tuple[str, ...] = (), **kwargs):
     """A paramiko Transport preferring AES-GCM, when the server offers it, over paramiko's AES-CTR + HMAC.
 
     About twice as fast for the copy's hundreds of megabytes, on both ends;
     every other cipher stays available for older servers. paramiko has no
     public setting for the order of ciphers: this is the one place that
     touches its private `_preferred_ciphers`.
+
+    `prefer`: the host key types known for the server, asked for first (as ssh
+    does), so that a server with several keys shows one that can be checked.
     """
     import paramiko
 
@@ -62,10 +263,48 @@ def _transport(*args, **kwargs):
     preferred = transport._preferred_ciphers  # type: ignore[attr-defined]
     gcm = tuple(name for name in preferred if "-gcm@" in name)
     transport._preferred_ciphers = gcm + tuple(name for name in preferred if name not in gcm)  # type: ignore[attr-defined]
+    if prefer:
+        options = transport.get_security_options()
+        wanted = [algorithm for kind in prefer for algorithm in (RSA_ALGORITHMS if kind == "ssh-rsa" else (kind,))]
+        first = [algorithm for algorithm in dict.fromkeys(wanted) if algorithm in options.key_types]
+        options.key_types = tuple(first + [a for a in options.key_types if a not in first])
     return transport
 
 
-def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool):
+def host_key_files(conn, rule: HostKeyRule, ssh_config: bool) -> tuple[tuple[str, ...], tuple[str, ...], str, str]:
+    """(user files, global files, mode, why) for the host of Fabric connection `conn` under `rule`.
+
+    Without `ssh_config` (Vagrant's VMs) only the project's file counts. With it, the files are those
+    the host's ssh_config names, else ssh's defaults; StrictHostKeyChecking yes there makes the host
+    strict, and nothing there makes one less strict.
+    """
+    if not ssh_config:
+        return (), (), rule.mode, rule.why
+    users, globals_, strict = _from_ssh_config(conn.ssh_config)
+    if strict and rule.mode in ("accept-new", "off"):
+        return users, globals_, "strict", "StrictHostKeyChecking yes in ssh_config"
+    return users, globals_, rule.mode, rule.why
+
+
+def _guard(conn, node: str, rule: HostKeyRule, ssh_config: bool) -> None:
+    """Check the host keys of `conn` and of its ProxyJump hops with `rule` (in place of Fabric's AutoAddPolicy)."""
+    import dataclasses
+
+    import fabric
+
+    hop = conn
+    while isinstance(hop, fabric.Connection):
+        users, globals_, mode, why = host_key_files(hop, rule, ssh_config)
+        files = users + globals_
+        check = _policy_class()(dataclasses.replace(rule, mode=mode, why=why), node, files)
+        hop.client.set_missing_host_key_policy(check)
+        known = known_keys((str(rule.project_file), *files), key_name(hop.host, hop.port))
+        prefer = tuple(dict.fromkeys(key.get_name() for _, key in known))
+        hop.connect_kwargs["transport_factory"] = functools.partial(_transport, prefer=prefer)
+        hop = hop.gateway
+
+
+def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool, rule: HostKeyRule, node: str = ""):
     import fabric
 
     cfg = base_config.clone(into=fabric.Config) if base_config is not None else fabric.Config()
@@ -75,13 +314,26 @@ def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool):
     cfg.timeouts.connect = ssh_timeout
     if load_ssh_config:
         cfg.load_ssh_config()
-    kwargs: dict = {"transport_factory": _transport}
+    kwargs: dict = {}
     if target.key_files:
         # Only the given key: an agent's or ~/.ssh's keys, tried first, may exhaust the server's MaxAuthTries.
         kwargs.update(key_filename=list(target.key_files), look_for_keys=False, allow_agent=False)
-    # Throwaway VMs and test nodes: host keys change with every `vagrant up`. Fabric's client
-    # accepts them (AutoAddPolicy) and keeps them in memory only, never writing known_hosts.
-    return fabric.Connection(target.host, user=target.user, port=target.port, config=cfg, connect_kwargs=kwargs)
+    conn = fabric.Connection(target.host, user=target.user, port=target.port, config=cfg, connect_kwargs=kwargs)
+    _guard(conn, node or target.host, rule, load_ssh_config)
+    return conn
+
+
+def login_options(project, target, rule: HostKeyRule, ssh_config: bool) -> list[str]:
+    """The `ssh` options that check `target`'s host key as the tasks' connections do (`inv ssh`).
+
+    The project's file comes first: ssh's accept-new records there.
+    """
+    conn = _connection(project.invoke_config, target, project.ssh_timeout, ssh_config, rule)
+    users, _, mode, _ = host_key_files(conn, rule, ssh_config)
+    rule.project_file.parent.mkdir(parents=True, exist_ok=True)
+    # Quoted, and % doubled: ssh splits the value at spaces and expands %-tokens in it.
+    files = " ".join('"' + str(f).replace("%", "%%") + '"' for f in (rule.project_file, *users))
+    return ["-o", f"UserKnownHostsFile={files}", "-o", f"StrictHostKeyChecking={SSH_STRICT[mode]}"]
 
 
 def where(conn) -> str:
@@ -131,20 +383,32 @@ class Nodes:
     one connection at once would each start a transport and leak all but one).
     """
 
-    def __init__(self, c, project, names=None):
+    def __init__(self, c, project, names=None, starting: bool = False, accept: str = ""):
+        """`starting`: `inv up` started the machines (a Vagrant VM's new key is recorded);
+        `accept`: the fingerprint of a host key to record (`inv accept-host-key`)."""
         from tasks import providers
 
         self.project = project
         self.provider = providers.of(project, c)
         self.names = [n.name for n in project.cluster.nodes if names is None or n.name in names]
+        self.rule = self.provider.host_key_rule(starting)
+        if accept:
+            self.rule = HostKeyRule(self.rule.project_file, "pin", pin=accept)
         self.connections: dict = {}
         self._locks = {name: threading.Lock() for name in self.names}
 
     def __enter__(self) -> "Nodes":
         targets = self.provider.targets(self.names)
+        if self.rule.mode == "off" and self.names:
+            progress(OFF_WARNING)
         self.connections = {
             name: _connection(
-                self.project.invoke_config, targets[name], self.project.ssh_timeout, self.provider.load_ssh_config
+                self.project.invoke_config,
+                targets[name],
+                self.project.ssh_timeout,
+                self.provider.load_ssh_config,
+                self.rule,
+                name,
             )
             for name in self.names
         }

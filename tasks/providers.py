@@ -7,6 +7,7 @@ to start, list, log in to and delete the machines.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import shutil
@@ -69,6 +70,14 @@ class Provider:
     def states(self) -> dict[str, str]:
         """Each machine's state, "-" where the provider cannot tell."""
         return {n.name: "-" for n in self.project.cluster.nodes}
+
+    def host_key_rule(self, starting: bool = False):
+        """How the nodes' SSH host keys are checked (nodes.HostKeyRule); `starting`: in `inv up`, after `start`."""
+        from tasks import nodes
+
+        policy = self.project.cluster.host_key_policy
+        known_hosts = self.project.output_dir / nodes.KNOWN_HOSTS
+        return nodes.HostKeyRule(known_hosts, policy, f"cluster.host_key_policy {policy}")
 
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
         """(argv, environment, folder) of an interactive SSH session on `node`."""
@@ -155,6 +164,16 @@ class Vagrant(Provider):
         # Vagrant's own output streams through: box download, boot, provisioners.
         if self.vagrant("up", warn=True).failed:
             raise StepError("`vagrant up` failed (its output is above)")
+
+    def host_key_rule(self, starting: bool = False):
+        """Each VM's key is recorded when `inv up` has started it (a re-created VM's replaces the old one);
+        every other task checks it strictly against what `inv up` recorded."""
+        rule = super().host_key_rule(starting)
+        if rule.mode == "off":
+            return rule
+        if starting:
+            return dataclasses.replace(rule, mode="record", why="")
+        return dataclasses.replace(rule, mode="strict", why="`inv up` records the VMs' keys")
 
     def states(self) -> dict[str, str]:
         from tasks.ui import last_line
@@ -247,25 +266,21 @@ class Hosts(Provider):
         }
 
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
+        """ssh with the host keys and policy of the tasks' connections; no configured value can read as an option."""
+        from tasks import nodes, ui
+
         t = self.targets([node])[node]
-        argv = [
-            "ssh",
-            "-p",
-            str(t.port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            f"ConnectTimeout={self.project.ssh_timeout}",
-        ]
+        rule = self.host_key_rule()
+        if rule.mode == "off":
+            ui.progress(nodes.OFF_WARNING)
+        argv = ["ssh", "-l", t.user, "-p", str(t.port)]
+        argv += nodes.login_options(self.project, t, rule, self.load_ssh_config)
+        argv += ["-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={self.project.ssh_timeout}"]
         for key in t.key_files:
             argv += ["-i", key, "-o", "IdentitiesOnly=yes"]
         if command and sys.stdin.isatty():
             argv.append("-t")
-        argv += [f"{t.user}@{t.host}"] + ([command] if command else [])
+        argv += ["--", t.host] + ([command] if command else [])
         return argv, dict(os.environ), os.getcwd()
 
     def destroy(self, ask) -> None:

@@ -39,6 +39,7 @@ SCHEMA: dict[str, dict[str, type]] = {
         "user_data_path": str,
         "activate_command": str,
         "ssh_timeout": int,
+        "host_key_policy": object,  # a string, checked in _cluster: a bare YAML `off` reads as false there
     },
     "vm": {
         "box": str,
@@ -63,6 +64,8 @@ SCHEMA: dict[str, dict[str, type]] = {
     "addons": {"manifests": list, "timeout": int},
     "verify": {"timeout": int, "interval": int, "api_url": str, "ui_path": str},
 }
+# cluster.host_key_policy: how SSH host keys of the nodes are checked (tasks/nodes.py).
+HOST_KEY_POLICIES = ("accept-new", "strict", "off")
 HOST_KEYS = {"name": str, "address": str, "port": int, "user": str, "key_file": str, "ip": str}
 ARTIFACT_KEYS = {"name": str, "url": str, "dest": str, "mode": str, "sha256": str}
 # Invoke's and Fabric's own top-level keys, which may appear in any config file.
@@ -127,6 +130,7 @@ class Cluster:
     vm: dict = field(hash=False)
     user_data_path: str = ""
     activate_command: str = ""
+    host_key_policy: str = "accept-new"
 
     @property
     def master(self) -> Node:
@@ -362,6 +366,11 @@ def _cluster(config: dict) -> Cluster:
     provider = providers.PROVIDERS[cl["provider"]]
     network = _net("cluster.network", cl["network"])
     positive("cluster.ssh_timeout", cl["ssh_timeout"])
+    if cl["host_key_policy"] not in HOST_KEY_POLICIES:
+        quote = " ('off' in quotes: YAML reads a bare off as false)" if cl["host_key_policy"] is False else ""
+        raise ConfigError(
+            "cluster.host_key_policy", cl["host_key_policy"], f"one of {', '.join(HOST_KEY_POLICIES)}{quote}"
+        )
     nodes = provider.nodes(cl, network)
     services = _net("kubernetes.service_range", k8s["service_range"])
     if services.num_addresses < 4:
@@ -414,6 +423,7 @@ def _cluster(config: dict) -> Cluster:
         vm=dict(vm, images=list(vm["images"] or [])),
         user_data_path=cl["user_data_path"] or "",
         activate_command=cl["activate_command"] or "",
+        host_key_policy=cl["host_key_policy"],
     )
 
 

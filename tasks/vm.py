@@ -9,13 +9,14 @@ machines, which `up` only waits for and `destroy` refuses to touch.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 
 from invoke import task
 
 from tasks import providers, settings
-from tasks.errors import StepError, exits
+from tasks.errors import StepError, UsageError, exits
 
 
 @task(
@@ -42,7 +43,7 @@ def up(c, timeout=300, copy=True):
     # A missing render or download stops us before a long boot.
     wanted = copy_step.plan(project) if copy else None
     provider.start()
-    with Nodes(c, project) as group:
+    with Nodes(c, project, starting=True) as group:
         group.wait_ready(wait)
         ui.say(f"{len(group.names)} node(s) answer over SSH: {', '.join(group.names)}")
         if wanted:
@@ -95,6 +96,36 @@ def ssh(c, node, command=""):
     os.execvpe(argv[0], argv, env)
 
 
+@task(
+    help={
+        "node": "The node whose host key was refused, e.g. calico-02.",
+        "fingerprint": "The new key's fingerprint as the refusal named it (SHA256:...), once checked on the machine.",
+    }
+)
+@exits
+def accept_host_key(c, node, fingerprint):
+    """Record NODE's SSH host key in the project's known_hosts, if its fingerprint is FINGERPRINT.
+
+    For a key that was refused: changed (a reinstalled machine, a re-created
+    VM) or unknown with cluster.host_key_policy strict. Check the fingerprint
+    on the machine first (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`
+    on its console). A key with another fingerprint is refused, and nothing is recorded.
+    """
+    from tasks import nodes, ui
+    from tasks.nodes import Nodes
+
+    project = settings.load(c)
+    project.cluster.node(node)
+    if not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", fingerprint):
+        raise UsageError(f"fingerprint {fingerprint!r}: expected SHA256: and 43 characters, as ssh prints it")
+    with Nodes(c, project, [node], accept=fingerprint) as group:
+        group.run(lambda name, conn: group.conn(name), what="accepting the host key")
+        if not group.rule.recorded:  # it shows a key that is known already, and not this one
+            shown = nodes.fingerprint(group[node].transport.get_remote_server_key())
+            raise StepError(f"{node}: its host key is {shown}, known already, not {fingerprint}: nothing recorded")
+    ui.say(f"{node}: host key {fingerprint} recorded in {group.rule.project_file}")
+
+
 @task(help={"yes": "Do not ask for confirmation."})
 @exits
 def destroy(c, yes=False):
@@ -112,4 +143,4 @@ def destroy(c, yes=False):
     providers.of(settings.load(c), c).destroy(ask)
 
 
-TASKS = (up, status, ssh, destroy)
+TASKS = (up, status, ssh, accept_host_key, destroy)

@@ -7,6 +7,8 @@ Usage (tests/conftest.py imports the fixture, so any test file just asks for it)
         run_inv(tmp_path, "copy", config=ssh_nodes.config)
         ssh_nodes.path("calico-01", "/opt/bin/kubectl")   # -> Path on this machine
         ssh_nodes.stop("calico-02"); ...; ssh_nodes.start("calico-02")
+        ssh_nodes.host_key("calico-02")          # its host public key: "ssh-ed25519 AAAA..."
+        ssh_nodes.new_host_key("calico-02")      # a reinstalled machine: a new host key, sshd restarted
 
 `ssh_nodes` is function-scoped over one session-wide set of sshd processes:
 before each test every node's filesystem is emptied and every stopped sshd is
@@ -178,6 +180,10 @@ class SSHNodes:
     def key_file(self, name: str) -> Path:
         return self.dir(name) / "client_key"
 
+    def host_key(self, name: str) -> str:
+        """Node `name`'s host public key as known_hosts holds it: "<type> <base64>"."""
+        return " ".join((self.dir(name) / "host_key.pub").read_text().split()[:2])
+
     def log(self, name: str) -> str:
         return (self.dir(name) / "sshd.log").read_text(errors="replace")
 
@@ -316,6 +322,14 @@ class SSHNodes:
         if proc is None or proc.poll() is not None:
             self._spawn(name)
         self._wait(name)
+
+    def new_host_key(self, name: str) -> None:
+        """Give node `name` a new host key, as a reinstalled machine has, and restart its sshd with it."""
+        self.stop(name)
+        for old in ("host_key", "host_key.pub"):
+            (self.dir(name) / old).unlink()
+        _keygen(self.dir(name) / "host_key")
+        self.start(name)
 
     def reset(self) -> None:
         """Every node running, with empty folders: the state a test starts from."""

@@ -98,6 +98,15 @@ CASES = [
     case({"cluster": {"ssh_timeout": 0}}, "cluster.ssh_timeout", 0),
     case({"cluster": {"ssh_timeout": -10}}, "cluster.ssh_timeout", -10),
     case({"cluster": {"ssh_timeout": "10"}}, "cluster.ssh_timeout", "10", "a whole number"),
+    case({"cluster": {"host_key_policy": "ask"}}, "cluster.host_key_policy", "ask", "one of accept-new, strict, off"),
+    case({"cluster": {"host_key_policy": ""}}, "cluster.host_key_policy", "", "one of accept-new, strict, off"),
+    case(
+        {"cluster": {"host_key_policy": False}},
+        "cluster.host_key_policy",
+        False,
+        "one of accept-new, strict, off ('off' in quotes: YAML reads a bare off as false)",
+    ),
+    case({"cluster": {"host_key_policy": ["strict"]}}, "cluster.host_key_policy", ["strict"], "one of accept-new"),
     # --- cluster.hosts[i] entries ---
     case(host(0, name=""), "cluster.hosts[0].name", "", "a non-empty string"),
     case(host(1, address=""), "cluster.hosts[1].address", "", "a non-empty string"),

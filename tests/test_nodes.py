@@ -9,6 +9,7 @@ all `nodes` takes from Vagrant.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import time
 
@@ -55,9 +56,9 @@ def context(config) -> invoke.Context:
     return invoke.Context(invoke.Config(overrides=config))
 
 
-def group(c, names=None) -> Nodes:
-    """The `Nodes` group of the task context `c`, as a task makes it."""
-    return Nodes(c, settings.load(c), names)
+def group(c, names=None, starting=False) -> Nodes:
+    """The `Nodes` group of the task context `c`, as a task makes it (`starting`: as `inv up` does)."""
+    return Nodes(c, settings.load(c), names, starting=starting)
 
 
 def hostname(name, conn):
@@ -203,7 +204,7 @@ def test_vagrant_provider_takes_every_node_from_one_ssh_config_call(ssh_nodes, t
     calls = stand_in_vagrant(bin_dir, ssh_nodes)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     c = context(make_config(tmp_path))  # provider vagrant, calico-01..03
-    with group(c) as conns:
+    with group(c, starting=True) as conns:  # as `inv up`: the VMs' keys are recorded
         assert conns.run(hostname) == {n: n for n in ssh_nodes.names}
     log = calls.read_text().splitlines()
     assert log[0] == "ssh-config calico-01 calico-02 calico-03"
@@ -275,3 +276,174 @@ def test_conn_opens_one_connection_for_many_threads(ssh_nodes):
             )
     assert names == ["calico-01"] * 6
     assert ssh_nodes.log("calico-01").count("Accepted publickey") - before == 1
+
+
+# -- host keys -------------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty home folder: no known_hosts or ssh config of this machine's user in the way."""
+    folder = tmp_path / "home"
+    (folder / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(folder))
+    return folder
+
+
+def known_hosts_file(tmp_path):
+    """The project's known_hosts file of a test's configuration (paths.output is tmp_path/out)."""
+    return tmp_path / "out" / "known_hosts"
+
+
+def known_entry(ssh_nodes, name: str) -> str:
+    """Node `name`'s known_hosts line, as ssh writes it (unhashed)."""
+    return f"[{ssh_nodes.addresses[name]}]:{ssh_nodes.port} {ssh_nodes.host_key(name)}"
+
+
+def ssh_fingerprint(ssh_nodes, name: str) -> str:
+    """Node `name`'s host key fingerprint as OpenSSH's ssh-keygen prints it."""
+    done = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(ssh_nodes.dir(name) / "host_key.pub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()[1]
+
+
+def logins(ssh_nodes, name: str) -> int:
+    """How many logins node `name`'s sshd has accepted so far."""
+    return ssh_nodes.log(name).count("Accepted publickey")
+
+
+def test_first_contact_records_each_nodes_key_and_the_next_run_checks_against_it(ssh_nodes, tmp_path, home):
+    c = context(ssh_nodes.config)  # cluster.host_key_policy accept-new, the default
+    with group(c) as conns:
+        assert conns.run(hostname) == {n: n for n in conns.names}
+    known = known_hosts_file(tmp_path)
+    assert sorted(known.read_text().splitlines()) == sorted(known_entry(ssh_nodes, n) for n in ssh_nodes.names)
+    recorded = (known.read_text(), known.stat().st_mtime_ns)
+    with group(c) as conns:
+        assert conns.run(hostname) == {n: n for n in conns.names}
+    assert (known.read_text(), known.stat().st_mtime_ns) == recorded
+    assert not (home / ".ssh" / "known_hosts").exists()  # the user's own file is only read
+
+
+def test_strict_refuses_an_unknown_node_naming_it_and_accepts_the_users_known_hosts(ssh_nodes, tmp_path, home):
+    (home / ".ssh" / "known_hosts").write_text(
+        f"{known_entry(ssh_nodes, 'calico-01')}\n{known_entry(ssh_nodes, 'calico-03')}\n"
+    )
+    c = context(ssh_nodes.make_config(tmp_path, cluster={"host_key_policy": "strict"}))
+    before = logins(ssh_nodes, "calico-02")
+    with group(c) as conns:
+        results, failures = conns.attempt(hostname)
+    assert results == {"calico-01": "calico-01", "calico-03": "calico-03"}
+    new = ssh_fingerprint(ssh_nodes, "calico-02")
+    assert str(failures["calico-02"]) == (
+        f"calico-02 (127.0.0.2:{ssh_nodes.port}): host key of [127.0.0.2]:{ssh_nodes.port} is not known "
+        f"(cluster.host_key_policy strict): it is {new}; check it, then run `inv accept-host-key calico-02 {new}`"
+    )
+    assert logins(ssh_nodes, "calico-02") == before  # refused before the login
+    assert not known_hosts_file(tmp_path).exists()  # strict records nothing
+
+
+def test_ssh_config_names_the_known_hosts_files_and_makes_hosts_strict(ssh_nodes, tmp_path, home):
+    """UserKnownHostsFile and StrictHostKeyChecking of ~/.ssh/config count, as for ssh; hashed names too."""
+    elsewhere = home / "elsewhere"
+    elsewhere.write_text(f"{known_entry(ssh_nodes, 'calico-01')}\n{known_entry(ssh_nodes, 'calico-03')}\n")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(elsewhere)], check=True, capture_output=True)  # HashKnownHosts
+    assert "127.0.0.1" not in elsewhere.read_text()
+    (home / ".ssh" / "config").write_text("Host *\n  UserKnownHostsFile ~/elsewhere\n  StrictHostKeyChecking yes\n")
+    c = context(ssh_nodes.config)  # accept-new; the user's ssh config makes every host strict
+    with group(c) as conns:
+        results, failures = conns.attempt(hostname)
+    assert results == {"calico-01": "calico-01", "calico-03": "calico-03"}
+    assert "is not known (StrictHostKeyChecking yes in ssh_config)" in failures["calico-02"].reason
+    assert not known_hosts_file(tmp_path).exists()
+
+
+@pytest.mark.parametrize("recorded_in", ["project", "user"])
+def test_a_changed_host_key_is_refused_naming_both_fingerprints_and_the_node_gets_nothing(
+    ssh_nodes, tmp_path, home, recorded_in
+):
+    if recorded_in == "user":
+        known = home / ".ssh" / "known_hosts"
+        known.write_text("".join(known_entry(ssh_nodes, n) + "\n" for n in ssh_nodes.names))
+    else:
+        known = known_hosts_file(tmp_path)
+    c = context(ssh_nodes.config)
+    with group(c) as conns:
+        conns.run(hostname)  # the first contact: recorded in the project's file, or known from the user's
+    old = ssh_fingerprint(ssh_nodes, "calico-02")
+    ssh_nodes.new_host_key("calico-02")
+    new = ssh_fingerprint(ssh_nodes, "calico-02")
+    before = logins(ssh_nodes, "calico-02")
+    with group(c) as conns, pytest.raises(NodesFailed) as err:
+        conns.run(lambda name, conn: conn.run("touch ~/touched", hide=True), what="touching")
+    assert str(err.value).splitlines() == [
+        "touching failed on 1 node(s):",
+        f"  calico-02 (127.0.0.2:{ssh_nodes.port}): host key of [127.0.0.2]:{ssh_nodes.port} changed: "
+        f"recorded {old} ({known}), now {new}; if the machine was reinstalled, check {new} on it "
+        f"and accept it with `inv accept-host-key calico-02 {new}`",
+    ]
+    assert not ssh_nodes.path("calico-02", "/home/core/touched").exists()
+    assert logins(ssh_nodes, "calico-02") == before  # not even a login: the check comes first
+    assert ssh_nodes.path("calico-01", "/home/core/touched").exists()
+    with Nodes(c, settings.load(c), ["calico-02"], accept=new) as conns:  # as `inv accept-host-key` does
+        conns.run(hostname)
+    with group(c) as conns:  # the new key is known now, wherever the old one was
+        assert conns.run(hostname) == {n: n for n in conns.names}
+
+
+def test_a_changed_key_of_a_proxyjump_host_is_refused(ssh_nodes, tmp_path, home):
+    """~/.ssh/config's ProxyJump: the jump host's key is checked as the node's is."""
+    port = ssh_nodes.port
+    (home / ".ssh" / "config").write_text(
+        f"Host 127.0.0.2\n  ProxyJump core@127.0.0.1:{port}\n"
+        f"Host 127.0.0.1\n  IdentityFile {ssh_nodes.key_file('calico-01')}\n  IdentitiesOnly yes\n"
+    )
+    c = context(ssh_nodes.config)
+    with group(c, ["calico-02"]) as conns:
+        assert conns.run(hostname) == {"calico-02": "calico-02"}
+    recorded = known_hosts_file(tmp_path).read_text().splitlines()
+    assert sorted(recorded) == sorted(known_entry(ssh_nodes, n) for n in ("calico-01", "calico-02"))
+    ssh_nodes.new_host_key("calico-01")
+    with group(c, ["calico-02"]) as conns:
+        results, failures = conns.attempt(hostname)
+    assert results == {}
+    reason = failures["calico-02"].reason
+    assert reason.startswith(f"host key of [127.0.0.1]:{port} changed: ")
+    assert f"now {ssh_fingerprint(ssh_nodes, 'calico-01')}" in reason
+
+
+def test_a_host_with_several_keys_shows_the_one_known(ssh_nodes, tmp_path, home):
+    """As ssh does, the key types known for a host are asked for first: a server with an ED25519 and an
+    ECDSA key, known (strict) by its ECDSA key only, passes the check."""
+    from sshnodes import SSHD, SSHD_CONFIG, free_port
+
+    folder = tmp_path / "server"
+    folder.mkdir()
+    for kind in ("ed25519", "ecdsa"):
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(folder / kind)], check=True)
+    shutil.copyfile(f"{ssh_nodes.key_file('calico-01')}.pub", folder / "authorized_keys")
+    port = free_port(["127.0.0.4"])
+    text = SSHD_CONFIG.format(address="127.0.0.4", port=port, dir=folder).replace(
+        f"HostKey {folder}/host_key", f"HostKey {folder}/ed25519\nHostKey {folder}/ecdsa"
+    )
+    (folder / "sshd_config").write_text(text)
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(folder / "sshd_config")], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["ssh-keyscan", "-p", str(port), "127.0.0.4"], capture_output=True).returncode:
+            assert time.monotonic() < deadline, "the test sshd does not answer"
+            time.sleep(0.1)
+        ecdsa = " ".join((folder / "ecdsa.pub").read_text().split()[:2])
+        (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.4]:{port} {ecdsa}\n")
+        host = {"name": "calico-01", "address": "127.0.0.4", "port": port, "user": "core"}
+        host["key_file"] = str(ssh_nodes.key_file("calico-01"))
+        c = context(make_config(tmp_path, cluster={"provider": "hosts", "hosts": [host], "host_key_policy": "strict"}))
+        with group(c) as conns:
+            assert conns.run(lambda name, conn: conn.run("true", hide=True).ok) == {"calico-01": True}
+    finally:
+        server.terminate()
+        server.wait()

@@ -19,7 +19,7 @@ import yaml
 
 from conftest import ROOT, make_config, project, run_inv
 from tasks import providers, render
-from test_nodes import stand_in_vagrant
+from test_nodes import known_entry, known_hosts_file, logins, ssh_fingerprint, stand_in_vagrant
 
 MACHINE_READABLE = """\
 1795838515,calico-01,metadata,provider,virtualbox
@@ -242,3 +242,188 @@ def test_destroy_with_yes_runs_vagrant_destroy(vagrant_env, tmp_path):
     done = run_inv(tmp_path, "destroy", "--yes", config=config, env=env)
     assert done.returncode == 0, done.stderr
     assert "calico-01: VM not created. Moving on..." in done.stdout
+
+
+# -- host keys (tests/test_nodes.py has those of the connections themselves) ------
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty home folder: no known_hosts or ssh config of this machine's user in the way."""
+    folder = tmp_path / "home"
+    (folder / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(folder))
+    return folder
+
+
+def test_copy_sends_nothing_to_a_node_whose_host_key_changed(ssh_nodes, tmp_path, home):
+    from standin_cluster import prepare
+
+    prepare(ssh_nodes.config)
+    assert run_inv(tmp_path, "status", config=ssh_nodes.config).returncode == 0  # first contact: keys recorded
+    old = ssh_fingerprint(ssh_nodes, "calico-02")
+    ssh_nodes.new_host_key("calico-02")
+    new = ssh_fingerprint(ssh_nodes, "calico-02")
+    before = logins(ssh_nodes, "calico-02")
+    done = run_inv(tmp_path, "copy", config=ssh_nodes.config)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "copy failed on 1 node(s):",
+        f"  calico-02 (127.0.0.2:{ssh_nodes.port}): host key of [127.0.0.2]:{ssh_nodes.port} changed: "
+        f"recorded {old} ({known_hosts_file(tmp_path)}), now {new}; if the machine was reinstalled, "
+        f"check {new} on it and accept it with `inv accept-host-key calico-02 {new}`",
+    ]
+    assert ssh_nodes.path("calico-01", "/opt/bin/kubelet").is_file()
+    assert not ssh_nodes.path("calico-02", "/opt/bin/kubelet").exists()
+    assert not any(ssh_nodes.root("calico-02").glob("*/*"))  # no file, no folder: nothing reached it
+    assert logins(ssh_nodes, "calico-02") == before
+
+
+def test_accept_host_key_records_only_the_key_with_the_given_fingerprint(ssh_nodes, tmp_path, home):
+    assert run_inv(tmp_path, "status", config=ssh_nodes.config).returncode == 0
+    ssh_nodes.new_host_key("calico-02")
+    new = ssh_fingerprint(ssh_nodes, "calico-02")
+    other = ssh_fingerprint(ssh_nodes, "calico-01")
+    recorded = known_hosts_file(tmp_path).read_text()
+
+    wrong = run_inv(tmp_path, "accept-host-key", "calico-02", other, config=ssh_nodes.config)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines()[1] == (
+        f"  calico-02 (127.0.0.2:{ssh_nodes.port}): host key of [127.0.0.2]:{ssh_nodes.port} is {new}, "
+        f"not the {other} given: nothing recorded"
+    )
+    assert known_hosts_file(tmp_path).read_text() == recorded
+    known = run_inv(tmp_path, "accept-host-key", "calico-01", new, config=ssh_nodes.config)  # calico-01's is known
+    assert (known.returncode, known.stderr.strip()) == (
+        1,
+        f"calico-01: its host key is {other}, known already, not {new}: nothing recorded",
+    )
+    assert known_hosts_file(tmp_path).read_text() == recorded
+    malformed = run_inv(tmp_path, "accept-host-key", "calico-02", "SHA256:abc", config=ssh_nodes.config)
+    assert (malformed.returncode, malformed.stderr.strip()) == (
+        2,
+        "fingerprint 'SHA256:abc': expected SHA256: and 43 characters, as ssh prints it",
+    )
+
+    done = run_inv(tmp_path, "accept-host-key", "calico-02", new, config=ssh_nodes.config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"calico-02: host key {new} recorded in {known_hosts_file(tmp_path)}"
+    assert sorted(known_hosts_file(tmp_path).read_text().splitlines()) == sorted(
+        known_entry(ssh_nodes, n) for n in ssh_nodes.names
+    )
+    status = run_inv(tmp_path, "status", config=ssh_nodes.config)
+    assert [row[1] for row in table_rows(status.stdout).values()] == ["yes", "yes", "yes"], status.stdout
+
+
+def test_off_warns_on_stderr_and_checks_no_key(ssh_nodes, tmp_path, home):
+    assert run_inv(tmp_path, "status", config=ssh_nodes.config).returncode == 0
+    recorded = known_hosts_file(tmp_path).read_text()
+    ssh_nodes.new_host_key("calico-03")
+    config = ssh_nodes.make_config(tmp_path, cluster={"host_key_policy": "off"})
+    done = run_inv(tmp_path, "status", config=config)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "warning: cluster.host_key_policy is off: the nodes' SSH host keys are not checked"
+    assert [row[1] for row in table_rows(done.stdout).values()] == ["yes", "yes", "yes"]
+    assert known_hosts_file(tmp_path).read_text() == recorded  # off records nothing either
+    login = run_inv(tmp_path, "ssh", "calico-03", "-c", "hostname", config=config, process=True)
+    assert (login.returncode, login.stdout) == (0, "calico-03\n"), login.stderr
+    assert "warning: cluster.host_key_policy is off" in login.stderr
+
+
+def test_ssh_uses_the_recorded_key_and_refuses_a_changed_one(ssh_nodes, tmp_path, home):
+    assert run_inv(tmp_path, "status", config=ssh_nodes.config).returncode == 0  # records the keys
+    done = run_inv(tmp_path, "ssh", "calico-02", "-c", "hostname", config=ssh_nodes.config, process=True)
+    assert (done.returncode, done.stdout) == (0, "calico-02\n"), done.stderr
+    ssh_nodes.new_host_key("calico-02")
+    before = logins(ssh_nodes, "calico-02")
+    refused = run_inv(tmp_path, "ssh", "calico-02", "-c", "hostname", config=ssh_nodes.config, process=True)
+    assert (refused.returncode, refused.stdout) == (255, "")
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in refused.stderr
+    assert "Host key verification failed." in refused.stderr
+    assert logins(ssh_nodes, "calico-02") == before
+
+
+def test_ssh_records_a_first_contact_where_the_tasks_find_it(ssh_nodes, tmp_path, home):
+    """ssh's accept-new writes to the project's file, quoted for ssh (a space, a %), and strict tasks then pass."""
+    from tasks import nodes
+
+    config = ssh_nodes.config
+    config["paths"]["output"] = str(tmp_path / "out put %h")
+    done = run_inv(tmp_path, "ssh", "calico-01", "-c", "hostname", config=config, process=True)
+    assert (done.returncode, done.stdout) == (0, "calico-01\n"), done.stderr
+    known = tmp_path / "out put %h" / "known_hosts"
+    keys = nodes.known_keys([known], f"[127.0.0.1]:{ssh_nodes.port}")  # ssh may hash the name (HashKnownHosts)
+    assert [key.get_base64() for _, key in keys] == [ssh_nodes.host_key("calico-01").split()[1]]
+    config["cluster"]["host_key_policy"] = "strict"
+    status = run_inv(tmp_path, "status", config=config)
+    assert table_rows(status.stdout)["calico-01"][1] == "yes"
+    assert table_rows(status.stdout)["calico-02"][1].startswith("no: host key of [127.0.0.2]")
+
+
+def test_ssh_with_strict_refuses_an_unknown_node(ssh_nodes, tmp_path, home):
+    config = ssh_nodes.make_config(tmp_path, cluster={"host_key_policy": "strict"})
+    done = run_inv(tmp_path, "ssh", "calico-03", "-c", "hostname", config=config, process=True)
+    assert (done.returncode, done.stdout) == (255, "")
+    assert "Host key verification failed." in done.stderr
+    assert not known_hosts_file(tmp_path).exists()
+
+
+def test_ssh_takes_a_configured_address_as_a_host_name_never_as_an_option(ssh_nodes, tmp_path, home):
+    marker = tmp_path / "ran"
+    hosts = ssh_nodes.hosts()
+    hosts[0].update(address=f"-oProxyCommand=touch {marker}", ip="10.0.0.5")
+    config = make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts})
+    done = run_inv(tmp_path, "ssh", "calico-01", "-c", "hostname", config=config, process=True)
+    assert done.returncode == 255  # ssh: "hostname contains invalid characters"
+    assert not marker.exists()
+
+
+def test_up_with_vagrant_records_the_vms_keys_and_later_tasks_check_them(ssh_nodes, vagrant_env, tmp_path, home):
+    from standin_cluster import prepare
+
+    config, env, bin_dir = vagrant_env
+    stand_in_vagrant(bin_dir, ssh_nodes)
+    env["HOME"] = str(home)
+    prepare(config)
+    done = run_inv(tmp_path, "up", "--no-copy", config=config, env=env)
+    assert done.returncode == 0, done.stderr
+    known = known_hosts_file(tmp_path)
+    assert sorted(known.read_text().splitlines()) == sorted(known_entry(ssh_nodes, n) for n in ssh_nodes.names)
+
+    old = ssh_fingerprint(ssh_nodes, "calico-02")
+    ssh_nodes.new_host_key("calico-02")  # the VM re-created behind `inv up`'s back
+    new = ssh_fingerprint(ssh_nodes, "calico-02")
+    copied = run_inv(tmp_path, "copy", config=config, env=env)
+    assert copied.returncode == 1
+    assert f"calico-02 (127.0.0.2:{ssh_nodes.port}): host key of [127.0.0.2]:{ssh_nodes.port} changed: " in (
+        copied.stderr
+    )
+    assert f"recorded {old} ({known}), now {new};" in copied.stderr
+    assert not ssh_nodes.path("calico-02", "/opt/bin/kubelet").exists()
+
+    again = run_inv(tmp_path, "up", "--no-copy", config=config, env=env)  # `inv up` records the new key
+    assert again.returncode == 0, again.stderr
+    assert (
+        f"note: calico-02: host key of [127.0.0.2]:{ssh_nodes.port} changed from {old} to {new}: "
+        "recorded, as `inv up` started the VM"
+    ) in again.stderr
+    assert sorted(known.read_text().splitlines()) == sorted(known_entry(ssh_nodes, n) for n in ssh_nodes.names)
+    assert run_inv(tmp_path, "copy", config=config, env=env).returncode == 0
+
+
+def test_vagrant_tasks_refuse_vms_whose_keys_inv_up_did_not_record(ssh_nodes, vagrant_env, tmp_path, home):
+    from standin_cluster import prepare
+
+    config, env, bin_dir = vagrant_env
+    stand_in_vagrant(bin_dir, ssh_nodes)
+    prepare(config)
+    done = run_inv(tmp_path, "copy", config=config, env=env)
+    assert done.returncode == 1
+    fingerprint = ssh_fingerprint(ssh_nodes, "calico-01")
+    assert (
+        f"  calico-01 (127.0.0.1:{ssh_nodes.port}): host key of [127.0.0.1]:{ssh_nodes.port} is not known "
+        f"(`inv up` records the VMs' keys): it is {fingerprint}; check it, then run "
+        f"`inv accept-host-key calico-01 {fingerprint}`"
+    ) in done.stderr.splitlines()
+    assert not known_hosts_file(tmp_path).exists()
+    assert not ssh_nodes.path("calico-01", "/opt/bin/kubelet").exists()
