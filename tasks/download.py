@@ -575,6 +575,8 @@ def download(c, check=False, update_lock=False, parallel=0, only=None):
     project = settings.load(c)
     if parallel < 0:
         raise ConfigError("--parallel", parallel, "a whole number of at least 1 (0: download.parallel)")
+    if project.download.allow_http:
+        ui.note_once("download.allow_http is true: plain http URLs and redirects to them are accepted")
     if check:
         return _report_check(check_all(project, only=only, parallel=parallel))
     outcome = fetch_all(

@@ -3,7 +3,8 @@
 `FileServer` is a threaded HTTP/1.1 server (keep-alive, Range) serving
 generated files at the paths the real release servers use; the tests reach it
 through download.mirrors, which maps https://storage.googleapis.com/ and
-https://github.com/ to it, exactly as a user's mirror would. Hooks make it
+https://github.com/ to it, exactly as a user's mirror would (plain http on the
+loopback: those tests set download.allow_http). Hooks make it
 redirect, cut a body short, answer 5xx or 404, serve other bytes, stall, or
 throttle; it counts connections and logs every request.
 """
@@ -182,7 +183,10 @@ def server():
 
 
 def mirrored(tmp_path, srv: FileServer, **download_keys) -> dict:
-    """The default configuration, its two upstream hosts mirrored to `srv`, everything in tmp_path."""
+    """The default configuration, its two upstream hosts mirrored to `srv`, everything in tmp_path.
+
+    The test server is plain http on the loopback: download.allow_http is set (unless a test says otherwise).
+    """
     artifacts = [dict(a, sha256="") for a in ARTIFACTS]
     keys = {
         "lock_file": str(tmp_path / "downloads.lock"),
@@ -190,6 +194,7 @@ def mirrored(tmp_path, srv: FileServer, **download_keys) -> dict:
         "retries": 3,
         "artifacts": artifacts,
         "mirrors": {"https://storage.googleapis.com/": srv.base + "/", "https://github.com/": srv.base + "/"},
+        "allow_http": True,
     }
     keys.update(download_keys)
     return make_config(tmp_path, download=keys)
@@ -631,6 +636,7 @@ def test_inv_download_then_offline_rerun(tmp_path, server):
     publish(server, config)
     first = run_inv(tmp_path, "download", config=config)
     assert first.returncode == 0, first.stderr
+    assert first.stderr.count("note: download.allow_http is true") == 1  # said once, not once per file
     assert first.stdout.count("downloaded ") == 10
     assert re.search(r"^downloaded kube-apiserver: 40\.\d kB in \d+\.\d s \(.+/s\)$", first.stdout, re.M)
     assert "10 downloaded, 0 already present" in first.stdout
@@ -683,6 +689,26 @@ def test_inv_download_check_exits_non_zero_when_something_is_missing(tmp_path, s
     assert f"kubectl\t{server.base}{K8S}kubectl\t200 OK\t" in result.stdout
     assert "calico (404 Not Found)" in result.stderr
     assert not (tmp_path / "downloads").exists()
+
+
+def test_plain_http_urls_are_a_configuration_error_unless_allowed(tmp_path, server):
+    config = mirrored(tmp_path, server, allow_http=False)
+    done = run_inv(tmp_path, "download", config=config)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"invalid configuration: download.mirrors['https://storage.googleapis.com/'] = '{server.base}/': "
+        "expected an https:// replacement URL prefix (plain http only with download.allow_http: true)"
+    )
+    arts = [dict(a, sha256="") for a in ARTIFACTS]
+    arts[7]["url"] = "http://github.com/projectcalico/calico-cni/releases/download/{calico_cni}/calico"
+    config = make_config(tmp_path, download={"artifacts": arts, "lock_file": str(tmp_path / "downloads.lock")})
+    done = run_inv(tmp_path, "download", "--check", config=config)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"invalid configuration: download.artifacts[7].url = {arts[7]['url']!r}: "
+        "expected an https:// URL (plain http only with download.allow_http: true)"
+    )
+    assert not server.log and not (tmp_path / "downloads").exists()
 
 
 def test_inv_download_rejects_bad_configuration_and_unknown_names(tmp_path):
