@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 from invoke import task
 
@@ -286,8 +287,17 @@ class Bars(Lines):
 class Fetcher:
     """HTTP for many artifacts: a session per worker thread (connections reused), tries with backoff."""
 
-    def __init__(self, timeout: int, tries: int, parallel: int, report: Quiet, backoff: float = BACKOFF):
+    def __init__(
+        self,
+        timeout: int,
+        tries: int,
+        parallel: int,
+        report: Quiet,
+        backoff: float = BACKOFF,
+        allow_http: bool = False,
+    ):
         self.timeout, self.tries, self.parallel, self.report, self.backoff = (timeout, tries, parallel, report, backoff)
+        self.allow_http = allow_http
         self.stop = threading.Event()
         self._local = threading.local()
         self._sessions: list = []
@@ -314,10 +324,21 @@ class Fetcher:
             session = requests.Session()
             # Identity: the bytes as published, so Range offsets and digests refer to the file itself.
             session.headers.update({"Accept-Encoding": "identity", "User-Agent": "inv-download/1"})
+            session.hooks["response"].append(self._no_redirect_to_http)
             self._local.session = session
             with self._guard:
                 self._sessions.append(session)
         return session
+
+    def _no_redirect_to_http(self, response, *args, **kwargs):
+        """Called on every response, before a redirect is followed: one to plain http is refused."""
+        if self.allow_http or not response.is_redirect:
+            return response
+        target = urljoin(response.url, response.headers["Location"])
+        if urlsplit(target).scheme == "http":
+            response.close()
+            raise Failed(f"{response.url} redirects to plain http {target}: refused (download.allow_http is false)")
+        return response
 
     def request(self, url: str, method: str = "GET", headers: dict | None = None):
         """A streamed response, redirects followed; HTTP 5xx (but 501) raises Transient."""
@@ -522,7 +543,10 @@ def fetch_all(
             folder.mkdir(parents=True, exist_ok=True)
             dl = project.download
             report = progress()
-            with report, Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, report, backoff) as fetcher:
+            with (
+                report,
+                Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, report, backoff, dl.allow_http) as fetcher,
+            ):
                 for (art, _, _), result in fetcher.run(fetcher.fetch, jobs):
                     if isinstance(result, Failed):
                         outcome.failed.append((art, str(result)))
@@ -548,7 +572,7 @@ def check_all(project: Project, *, only=(), parallel: int = 0) -> list[tuple[Art
     """(artifact, HTTP status or error, size) for each URL, through mirrors; downloads nothing."""
     chosen = select(list(project.download.artifacts), only)
     dl = project.download
-    with Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, Quiet()) as fetcher:
+    with Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, Quiet(), allow_http=dl.allow_http) as fetcher:
         found = dict(fetcher.run(fetcher.probe, chosen))
     return [(art, *found[art]) for art in chosen]
 

@@ -6,14 +6,18 @@ through download.mirrors, which maps https://storage.googleapis.com/ and
 https://github.com/ to it, exactly as a user's mirror would (plain http on the
 loopback: those tests set download.allow_http). Hooks make it
 redirect, cut a body short, answer 5xx or 404, serve other bytes, stall, or
-throttle; it counts connections and logs every request.
+throttle; it counts connections and logs every request. With a TLS context it
+serves https.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import ipaddress
 import os
 import re
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ARTIFACTS, artifacts, make_config, project, run_inv, run_inv_on_terminal
-from tasks import download
+from tasks import download, pki
 from tasks.settings import ConfigError
 
 K8S = "/kubernetes-release/release/v1.1.7/bin/linux/amd64/"
@@ -31,20 +35,25 @@ SNE = "/kelseyhightower/setup-network-environment/releases/download/1.0.1/setup-
 
 
 class FileServer:
-    """Files (bytes or paths on disk) by URL path, with hooks; `rate` bytes/s and `latency` s per response."""
+    """Files (bytes or paths on disk) by URL path, with hooks; `rate` bytes/s and `latency` s per response.
 
-    def __init__(self, rate: float = 0, latency: float = 0):
+    `tls`: a server-side SSL context: https instead of http.
+    """
+
+    def __init__(self, rate: float = 0, latency: float = 0, tls=None):
         self.files: dict[str, bytes | Path] = {}
         self.hooks: dict[str, list[tuple]] = {}  # path -> actions, one used up per request
-        self.redirects: dict[str, str] = {}  # path -> target path, every time
+        self.redirects: dict[str, str] = {}  # path -> target path (or URL), every time
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.connections = 0
         self.rate, self.latency = rate, latency
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self):
@@ -97,7 +106,8 @@ class FileServer:
                 if action[0] == "status":
                     return self._empty(action[1])
                 if path in server.redirects:
-                    return self._empty(302, Location=server.base + server.redirects[path])
+                    target = server.redirects[path]
+                    return self._empty(302, Location=target if "://" in target else server.base + target)
                 content = action[1] if action[0] == "body" else server.files.get(path)
                 if content is None:
                     return self._empty(404)
@@ -145,7 +155,7 @@ class FileServer:
                             ahead = sent / server.rate - (time.monotonic() - began)
                             if ahead > 0:
                                 time.sleep(ahead)
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                     self.close_connection = True
                 finally:
                     if source:
@@ -689,6 +699,52 @@ def test_inv_download_check_exits_non_zero_when_something_is_missing(tmp_path, s
     assert f"kubectl\t{server.base}{K8S}kubectl\t200 OK\t" in result.stdout
     assert "calico (404 Not Found)" in result.stderr
     assert not (tmp_path / "downloads").exists()
+
+
+@pytest.fixture
+def tls(tmp_path, monkeypatch):
+    """A server-side TLS context for 127.0.0.1, its CA trusted by requests (REQUESTS_CA_BUNDLE)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca, ca_key = pki.make_ca(now)
+    key = pki._new_key()
+    cert = pki.issue(
+        ca,
+        ca_key,
+        "127.0.0.1",
+        key,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    (tmp_path / "ca.crt").write_bytes(pki._cert_pem(ca))
+    (tmp_path / "server.crt").write_bytes(pki._cert_pem(cert))
+    (tmp_path / "server.key").write_bytes(pki._key_pem(key))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "ca.crt"))
+    return context
+
+
+@pytest.mark.parametrize("allow_http", [False, True])
+def test_a_redirect_from_https_to_plain_http_is_refused_unless_allowed(tmp_path, server, tls, allow_http):
+    with FileServer(tls=tls) as secure:
+        config = mirrored(tmp_path, secure, artifacts=[ARTIFACTS[0]], allow_http=allow_http)
+        contents = publish(secure, config)
+        secure.files[K8S + "kubectl.sha256"] = sha(contents["kubectl"]).encode()
+        server.files["/objects/kubectl"] = secure.files.pop(K8S + "kubectl")
+        secure.redirects[K8S + "kubectl"] = server.base + "/objects/kubectl"
+        outcome = fetch(config)
+    kubectl = tmp_path / "downloads" / "kubectl"
+    if allow_http:
+        assert not outcome.failed and kubectl.read_bytes() == contents["kubectl"]
+    else:
+        assert failures(outcome) == {
+            "kubectl": f"{secure.base}{K8S}kubectl redirects to plain http {server.base}/objects/kubectl: "
+            "refused (download.allow_http is false)"
+        }
+        assert not server.log and not kubectl.exists()
 
 
 def test_plain_http_urls_are_a_configuration_error_unless_allowed(tmp_path, server):
