@@ -1,18 +1,20 @@
 """`inv download` against a real HTTP server on 127.0.0.1 (no internet).
 
-`FileServer` is a threaded HTTP/1.1 server (keep-alive, Range) serving
-generated files at the paths the real release servers use; the tests reach it
-through download.mirrors, which maps https://storage.googleapis.com/ and
-https://github.com/ to it, exactly as a user's mirror would (plain http on the
-loopback: those tests set download.allow_http). Hooks make it
-redirect, cut a body short, answer 5xx or 404, serve other bytes, stall, or
-throttle; it counts connections and logs every request. With a TLS context it
-serves https.
+`FileServer` is a threaded HTTP/1.1 server (keep-alive, Range with If-Range,
+ETag or Last-Modified) serving generated files at the paths the real release
+servers use; the tests reach it through download.mirrors, which maps
+https://storage.googleapis.com/ and https://github.com/ to it, exactly as a
+user's mirror would (plain http on the loopback: those tests set
+download.allow_http). Hooks make it redirect, cut a body short (with or
+without a Content-Length), answer 5xx or 404, serve other bytes, stall, or
+throttle; it counts connections and bytes sent, and logs every request. With
+a TLS context it serves https.
 """
 
 from __future__ import annotations
 
 import datetime
+import email.utils
 import hashlib
 import ipaddress
 import os
@@ -37,16 +39,19 @@ SNE = "/kelseyhightower/setup-network-environment/releases/download/1.0.1/setup-
 class FileServer:
     """Files (bytes or paths on disk) by URL path, with hooks; `rate` bytes/s and `latency` s per response.
 
+    `validator`: what identifies a version of a file, for If-Range: "etag", "last-modified" or None.
     `tls`: a server-side SSL context: https instead of http.
     """
 
-    def __init__(self, rate: float = 0, latency: float = 0, tls=None):
+    def __init__(self, rate: float = 0, latency: float = 0, validator: str | None = "etag", tls=None):
         self.files: dict[str, bytes | Path] = {}
         self.hooks: dict[str, list[tuple]] = {}  # path -> actions, one used up per request
         self.redirects: dict[str, str] = {}  # path -> target path (or URL), every time
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.if_ranges: list[tuple[str, str | None]] = []  # (path, If-Range header) of every request
+        self.sent: dict[str, int] = {}  # path -> body bytes written
         self.connections = 0
-        self.rate, self.latency = rate, latency
+        self.rate, self.latency, self.validator = rate, latency, validator
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -66,6 +71,10 @@ class FileServer:
 
     def hook(self, path: str, *actions: tuple) -> None:
         self.hooks.setdefault(path, []).extend(actions)
+
+    def if_range(self, path: str) -> list:
+        """The If-Range header of each request for `path`."""
+        return [value for asked, value in self.if_ranges if asked == path]
 
     def gets(self, path: str) -> list:
         return [entry for entry in self.log if entry[0] == "GET" and entry[1] == path]
@@ -98,6 +107,7 @@ class FileServer:
                 path = self.path
                 with server._lock:
                     server.log.append((self.command, path, self.headers.get("Range")))
+                    server.if_ranges.append((path, self.headers.get("If-Range")))
                 action = server._next_action(path) or ("",)
                 if server.latency:
                     time.sleep(server.latency)
@@ -114,27 +124,50 @@ class FileServer:
                 data = content if isinstance(content, bytes) else None
                 size = len(data) if data is not None else content.stat().st_size
                 start, status = 0, 200
+                version = self._version(data, content)
                 wanted = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if wanted and action[0] != "norange":
+                same = self.headers.get("If-Range") in (None, *version.values())  # else: the whole file
+                if wanted and same and action[0] != "norange":
                     start = int(wanted.group(1))
                     if start >= size:
                         return self._empty(416, **{"Content-Range": f"bytes */{size}"})
                     status = 206
                 self.send_response(status)
-                self.send_header("Content-Length", str(size - start))
+                for key, value in version.items():
+                    self.send_header(key, value)
+                stop = size
+                if action[0] == "nolength":  # no Content-Length: the body ends when the connection does
+                    stop = size if action[1] is None else min(size, start + action[1])
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(size - start))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
                 self.end_headers()
                 if not body:
                     return
-                stop = size
                 if action[0] == "cut":  # promise everything, send part of it, hang up
                     stop = min(size, start + action[1])
                     self.close_connection = True
                 stall = action[1:] if action[0] == "stall" else None
-                self._send(data, content, start, stop, stall)
+                self._send(path, data, content, start, stop, stall)
 
-            def _send(self, data, content, start, stop, stall):
+            def _version(self, data, content) -> dict[str, str]:
+                """The validator header of this version of the file, as the server is configured to send."""
+                if data is not None:
+                    tag = hashlib.sha256(data).hexdigest()[:16]
+                else:
+                    st = content.stat()
+                    tag = f"{st.st_size:x}-{st.st_mtime_ns:x}"
+                if server.validator == "etag":
+                    return {"ETag": f'"{tag}"'}
+                if server.validator == "last-modified":
+                    seconds = 1e9 + int(hashlib.sha256(tag.encode()).hexdigest()[:7], 16)
+                    return {"Last-Modified": email.utils.formatdate(seconds, usegmt=True)}
+                return {}
+
+            def _send(self, path, data, content, start, stop, stall):
                 began, sent = time.monotonic(), 0
                 source = None if data is not None else open(content, "rb")
                 try:
@@ -147,6 +180,8 @@ class FileServer:
                         self.wfile.write(chunk)
                         position += n
                         sent += n
+                        with server._lock:
+                            server.sent[path] = server.sent.get(path, 0) + n
                         if stall and position == stall[0]:  # ("stall", at, seconds): a silent pause
                             self.wfile.flush()
                             time.sleep(stall[1])
@@ -219,8 +254,10 @@ def publish(srv: FileServer, config: dict, size: int = 40_000) -> dict[str, byte
     return contents
 
 
-def fetch(config, **kwargs) -> download.Outcome:
-    return download.fetch_all(project(config), backoff=0.01, **kwargs)
+def fetch(config, trust_first_use=True, **kwargs) -> download.Outcome:
+    """`fetch_all` as `inv download --trust-first-use` runs it: the test server publishes no digest unless a
+    test says so. The tests of what vouches for the bytes pass trust_first_use=False."""
+    return download.fetch_all(project(config), backoff=0.01, trust_first_use=trust_first_use, **kwargs)
 
 
 def failures(outcome) -> dict[str, str]:
@@ -328,14 +365,41 @@ def test_bad_configuration_is_one_line_naming_the_key(tmp_path, keys, message):
 
 def test_lock_file_round_trip_and_bad_line():
     entries = {
-        "kubectl": download.Locked("ab" * 32, "https://storage.googleapis.com/k/kubectl"),
-        "calico": download.Locked("cd" * 32, "https://github.com/p/calico"),
+        "kubectl": download.Locked("ab" * 32, "https://storage.googleapis.com/k/kubectl", 40_000),
+        "calico": download.Locked("cd" * 32, "https://github.com/p/calico", 123, trusted=True),
     }
     text = download.format_lock(entries)
     assert text.startswith("#") and text.index("calico") < text.index("kubectl")
+    assert f"{'cd' * 32}  calico   https://github.com/p/calico               123  trusted-on-first-use\n" in text
+    assert f"{'ab' * 32}  kubectl  https://storage.googleapis.com/k/kubectl  40000\n" in text
     assert download.parse_lock(text, "downloads.lock") == entries
     with pytest.raises(ConfigError, match=r"downloads.lock line 2 = 'nonsense here'"):
         download.parse_lock("# header\nnonsense here\n", "downloads.lock")
+
+
+def test_lock_files_of_the_earlier_format_are_still_read():
+    old = f"# <sha256>  <name>  <upstream URL>\n{'ab' * 32}  kubectl  https://storage.googleapis.com/k/kubectl\n"
+    assert download.parse_lock(old, "downloads.lock") == {
+        "kubectl": download.Locked("ab" * 32, "https://storage.googleapis.com/k/kubectl", None, trusted=False)
+    }
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"{'ab' * 32}  kubectl  https://h/kubectl  big",  # a size that is no number
+        f"{'ab' * 32}  kubectl  https://h/kubectl  12  trusted",  # a mark that is not the one
+        f"{'ab' * 32}  kubectl  https://h/kubectl  trusted-on-first-use",  # the mark without the size
+        f"{'ab' * 32}  kubectl  https://h/kubectl  12  trusted-on-first-use  more",
+    ],
+)
+def test_a_lock_line_with_a_bad_size_or_mark_is_named(line):
+    with pytest.raises(ConfigError) as err:
+        download.parse_lock(f"# header\n{line}\n", "downloads.lock")
+    assert str(err.value) == (
+        f"invalid configuration: downloads.lock line 2 = {line!r}: "
+        "expected '<sha256>  <name>  <url>  <size>[  trusted-on-first-use]'"
+    )
 
 
 def test_digest_files_are_parsed_in_both_published_forms():
@@ -344,7 +408,22 @@ def test_digest_files_are_parsed_in_both_published_forms():
     assert download.parse_digest(digest.upper().encode() + b"  kubectl\n", "sha1") == digest
     assert download.parse_digest(b"<html>Not here</html>", "sha1") is None
     assert download.parse_digest(digest.encode(), "md5") is None  # wrong length for the algorithm
-    assert [a for a, _ in download.digest_urls("https://h/f")] == ["sha256", "sha1", "md5"]
+    assert download.digest_urls("https://h/r/v1/kube%2Bctl") == [
+        ("sha256", "https://h/r/v1/kube%2Bctl.sha256", None),
+        ("sha256", "https://h/r/v1/SHA256SUMS", "kube+ctl"),
+        ("sha512", "https://h/r/v1/kube%2Bctl.sha512", None),
+        ("sha1", "https://h/r/v1/kube%2Bctl.sha1", None),
+        ("md5", "https://h/r/v1/kube%2Bctl.md5", None),
+    ]
+
+
+def test_a_sha256sums_listing_gives_the_line_of_that_file_only():
+    a, b, c = (hashlib.sha256(x).hexdigest() for x in (b"a", b"b", b"c"))
+    listing = f"{a}  kubectl.sig\n{b} *kubectl\n{c}  ./kubelet\nnot a line\n".encode()
+    assert download.parse_digest(listing, "sha256", "kubectl") == b  # binary-mode mark, not a longer name
+    assert download.parse_digest(listing, "sha256", "kubelet") == c
+    assert download.parse_digest(listing, "sha256", "kube") is None
+    assert download.parse_digest(listing, "sha256", "kube-proxy") is None
 
 
 def test_only_names_must_exist(config):
@@ -364,12 +443,14 @@ def test_fresh_download_places_verified_executables_and_writes_the_lock(tmp_path
     assert not outcome.failed and len(outcome.downloaded) == 10 and outcome.lock_changed
     assert_placed(config, contents)
     lock = download.read_lock(tmp_path / "downloads.lock")
-    assert lock["kubectl"] == download.Locked(sha(contents["kubectl"]), artifacts(config)[0].upstream)
+    size = len(contents["kubectl"])
+    assert lock["kubectl"] == download.Locked(sha(contents["kubectl"]), artifacts(config)[0].upstream, size, True)
     assert lock["kubectl"].url.startswith("https://storage.googleapis.com/")  # the lock is mirror-independent
-    assert len(lock) == 10
-    # Connections are reused: 10 files and 30 digest-file look-ups over one connection per worker
-    # (download.parallel for files, as many for the look-ups beside them).
-    assert len(server.log) == 40 and server.connections <= 8
+    assert len(lock) == 10 and all(entry.trusted for entry in lock.values())  # no digest published: on first use
+    # Connections are reused: 10 files and their digest-file look-ups (4 each, and one SHA256SUMS for each of
+    # the 4 folders) over one connection per worker (download.parallel for files, as many for the look-ups).
+    assert len(server.gets(K8S + "SHA256SUMS")) == 1
+    assert len(server.log) == 10 + 40 + 4 and server.connections <= 8
 
 
 def test_rerun_with_everything_in_place_makes_no_request_and_opens_no_session(tmp_path, server, monkeypatch):
@@ -432,16 +513,23 @@ def test_a_body_cut_short_is_resumed_with_range(tmp_path, server):
 
 
 def test_a_partial_file_from_an_interrupted_run_is_resumed(tmp_path, server):
-    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]])
+    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]], retries=1)
     contents = publish(server, config)
-    (tmp_path / "downloads").mkdir()
+    server.hook(K8S + "kubectl", ("cut", 12_345))
+    assert list(failures(fetch(config))) == ["kubectl"]  # cut short, or the connection broken: either way
     art = artifacts(config)[0]
-    download.part_path(art).write_bytes(contents["kubectl"][:12_345])
-    stale = art.path.with_name("kubectl.0123abcd.part")  # left by another version's URL
+    part = download.part_path(art)
+    etag = '"' + sha(contents["kubectl"])[:16] + '"'
+    assert part.stat().st_size == 12_345 and download.read_validator(part) == etag
+    stale = art.path.with_name("kubectl.0123abcd.part")  # left by another version's URL, with its validator
     stale.write_bytes(b"old")
+    download.meta_path(stale).write_text('{"if_range": "\\"old\\""}')
     assert not fetch(config).failed
-    assert server.gets(K8S + "kubectl")[0][2] == "bytes=12345-"
-    assert art.path.read_bytes() == contents["kubectl"] and not stale.exists()
+    assert [r for _, _, r in server.gets(K8S + "kubectl")] == [None, "bytes=12345-"]
+    assert server.if_range(K8S + "kubectl") == [None, etag]
+    assert server.sent[K8S + "kubectl"] == len(contents["kubectl"])  # nothing sent twice
+    assert art.path.read_bytes() == contents["kubectl"]
+    assert sorted(os.listdir(tmp_path / "downloads")) == [download.CACHE, "kubectl"]  # no part, no meta left
 
 
 def test_a_server_that_ignores_range_restarts_the_file(tmp_path, server):
@@ -512,19 +600,26 @@ def test_changed_upstream_bytes_fail_against_the_lock_until_update_lock(tmp_path
     fetch(config)
     kubectl = tmp_path / "downloads" / "kubectl"
     kubectl.unlink()
-    server.files[K8S + "kubectl"] = b"a rebuilt kubectl"
-    outcome = fetch(config)
+    rebuilt = contents["kubectl"][::-1]  # as long as the locked one: only the digest tells them apart
+    server.files[K8S + "kubectl"] = rebuilt
+    outcome = fetch(config, trust_first_use=False)
     assert failures(outcome)["kubectl"] == (
-        f"sha256 {sha(b'a rebuilt kubectl')} does not match {sha(contents['kubectl'])} recorded in "
+        f"sha256 {sha(rebuilt)} does not match {sha(contents['kubectl'])} recorded in "
         "downloads.lock (run with --update-lock to accept a new upstream)"
     )
     assert not kubectl.exists()
     assert download.read_lock(tmp_path / "downloads.lock")["kubectl"].sha256 == sha(contents["kubectl"])
-    outcome = fetch(config, update_lock=True, only=["kubectl"])
+    # --update-lock forgets the recorded digest; something must still vouch for the new bytes.
+    outcome = fetch(config, update_lock=True, only=["kubectl"], trust_first_use=False)
+    assert failures(outcome)["kubectl"].startswith("refused: no digest to check it against")
+    assert not kubectl.exists() and not list(kubectl.parent.glob("*.part*"))
+    server.files[K8S + "kubectl.sha256"] = sha(rebuilt).encode()
+    outcome = fetch(config, update_lock=True, only=["kubectl"], trust_first_use=False)
     assert not outcome.failed and outcome.lock_changed
-    assert kubectl.read_bytes() == b"a rebuilt kubectl"
+    assert kubectl.read_bytes() == rebuilt
     lock = download.read_lock(tmp_path / "downloads.lock")
-    assert lock["kubectl"].sha256 == sha(b"a rebuilt kubectl") and len(lock) == 10
+    assert lock["kubectl"] == download.Locked(sha(rebuilt), artifacts(config)[0].upstream, len(rebuilt), False)
+    assert len(lock) == 10 and lock["kubelet"].trusted  # the others as they were
 
 
 def test_a_new_version_is_downloaded_and_relocked(tmp_path, server):
@@ -537,16 +632,27 @@ def test_a_new_version_is_downloaded_and_relocked(tmp_path, server):
     assert sorted(a.name for a, _, _ in outcome.downloaded) == ["calico", "calico-ipam"]
     lock = download.read_lock(tmp_path / "downloads.lock")
     upstream = "https://github.com/projectcalico/calico-cni/releases/download/v1.1.0/calico"
-    assert lock["calico"] == download.Locked(sha(contents["calico"]), upstream)
+    assert lock["calico"] == download.Locked(sha(contents["calico"]), upstream, len(contents["calico"]), True)
+
+
+DIGEST_FILES = [".sha256", "SHA256SUMS", ".sha512", ".sha1", ".md5"]  # in the order they are looked for
+
+
+def digest_file_path(where: str) -> str:
+    return K8S + (where if where == "SHA256SUMS" else "kubectl" + where)
 
 
 @pytest.mark.parametrize(
     "published, ok",
     [
         ({".sha256": lambda d: hashlib.sha256(d).hexdigest() + "  kubectl\n"}, True),
+        ({"SHA256SUMS": lambda d: f"{sha(b'kubelet')}  kubelet\n{sha(d)} *kubectl\n"}, True),
+        ({".sha512": lambda d: hashlib.sha512(d).hexdigest()}, True),
         ({".sha1": lambda d: hashlib.sha1(d).hexdigest()}, True),
         ({".md5": lambda d: hashlib.md5(d).hexdigest()}, True),
         ({".sha256": lambda d: "0" * 64, ".sha1": lambda d: hashlib.sha1(d).hexdigest()}, False),
+        ({"SHA256SUMS": lambda d: f"{sha(d)}  kubelet\n{'0' * 64}  kubectl\n"}, False),
+        ({".sha512": lambda d: "0" * 128, ".md5": lambda d: hashlib.md5(d).hexdigest()}, False),
         ({".sha1": lambda d: "0" * 40}, False),
         ({".md5": lambda d: "0" * 32}, False),
     ],
@@ -554,17 +660,18 @@ def test_a_new_version_is_downloaded_and_relocked(tmp_path, server):
 def test_published_digest_files_are_checked(tmp_path, server, published, ok):
     config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]])
     contents = publish(server, config)
-    for suffix, make in published.items():
-        server.files[K8S + "kubectl" + suffix] = make(contents["kubectl"]).encode()
-    outcome = fetch(config)
+    for where, make in published.items():
+        server.files[digest_file_path(where)] = make(contents["kubectl"]).encode()
+    outcome = fetch(config, trust_first_use=False)  # the published digest alone vouches for the bytes
     assert (tmp_path / "downloads" / "kubectl").exists() == ok
-    if not ok:
-        suffix = next(iter(published))
-        assert failures(outcome)["kubectl"].endswith(f"published at {server.base}{K8S}kubectl{suffix}")
-    # The strongest published digest is the one used: nothing weaker is asked for after it.
-    asked = [p.rsplit(".", 1)[1] for _, p, _ in server.log if p.startswith(K8S + "kubectl.")]
-    first = next(iter(published))[1:]
-    assert asked == ["sha256", "sha1", "md5"][: ["sha256", "sha1", "md5"].index(first) + 1]
+    first = next(iter(published))
+    if ok:
+        assert not download.read_lock(tmp_path / "downloads.lock")["kubectl"].trusted
+    else:
+        assert failures(outcome)["kubectl"].endswith(f"published at {server.base}{digest_file_path(first)}")
+    # The first digest file found is the one used: nothing further is asked for after it.
+    asked = [p for _, p, _ in server.log if p != K8S + "kubectl"]
+    assert asked == [digest_file_path(w) for w in DIGEST_FILES[: DIGEST_FILES.index(first) + 1]]
 
 
 def test_a_digest_file_that_arrives_after_the_body_is_still_checked(tmp_path, server):
@@ -638,67 +745,144 @@ def test_mode_and_only_are_honoured(tmp_path, server):
     assert sorted(os.listdir(tmp_path / "downloads")) == [download.CACHE, "calico"]
 
 
-# --- the real `inv download` ----------------------------------------------------
+# --- what vouches for the bytes -------------------------------------------------
 
 
-def test_inv_download_then_offline_rerun(tmp_path, server):
-    config = mirrored(tmp_path, server)
-    publish(server, config)
-    first = run_inv(tmp_path, "download", config=config)
-    assert first.returncode == 0, first.stderr
-    assert first.stderr.count("note: download.allow_http is true") == 1  # said once, not once per file
-    assert first.stdout.count("downloaded ") == 10
-    assert re.search(r"^downloaded kube-apiserver: 40\.\d kB in \d+\.\d s \(.+/s\)$", first.stdout, re.M)
-    assert "10 downloaded, 0 already present" in first.stdout
-    server.__exit__()  # offline from here on
-    again = run_inv(tmp_path, "download", config=config)
-    assert again.returncode == 0, again.stderr
-    assert "0 downloaded, 10 already present and verified" in again.stdout
-    assert "downloads.lock unchanged" in again.stdout
+REFUSED = (
+    "refused: no digest to check it against (none pinned, none in the lock file, no .sha256, SHA256SUMS, .sha512, "
+    ".sha1 or .md5 published beside it); pin it with sha256: in download.artifacts, or accept it once with "
+    "--trust-first-use"
+)
 
 
-def test_inv_download_on_a_terminal_shows_live_progress(tmp_path, server):
-    """The real `inv` with its output on a pseudo-terminal, as a user sees it."""
-    config = mirrored(tmp_path, server)
-    publish(server, config)
-    del server.files[K8S + "kubelet"]
-    code, text = run_inv_on_terminal(tmp_path, "download", config=config)
-    assert code == 1
-    assert re.search(r"total\s+━+ 360\.\d/360\.\d kB +[\d.]+ [kM]B/s", text)  # the total bar, with speed
-    assert re.search(r"kube-apiserver\s+━+\s+40\.\d/40\.\d kB", text)
-    assert f"FAILED kubelet {server.base}{K8S}kubelet: HTTP 404 Not Found" in text
-    assert "download failed for 1 of 10 artifact(s): kubelet" in text
-    assert "downloaded kubectl" not in text  # the bars say it; no plain lines on a terminal
+def test_an_artifact_nothing_vouches_for_is_refused_until_trusted_on_first_use(tmp_path, server):
+    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0], ARTIFACTS[7]])
+    contents = publish(server, config)
+    server.files[K8S + "kubectl.sha1"] = hashlib.sha1(contents["kubectl"]).hexdigest().encode()
+    folder, lockfile = tmp_path / "downloads", tmp_path / "downloads.lock"
+    outcome = fetch(config, trust_first_use=False)
+    assert failures(outcome) == {"calico": REFUSED}
+    assert sorted(os.listdir(folder)) == [download.CACHE, "kubectl"]  # no calico, no .part, no .meta
+    assert download.read_lock(lockfile) == {
+        "kubectl": download.Locked(sha(contents["kubectl"]), artifacts(config)[0].upstream, len(contents["kubectl"]))
+    }
+    outcome = fetch(config, trust_first_use=True)
+    assert [a.name for a, _, _ in outcome.downloaded] == ["calico"] and not outcome.failed
+    lock = download.read_lock(lockfile)
+    assert lock["calico"].trusted and not lock["kubectl"].trusted
+    assert re.search(
+        rf"^{sha(contents['calico'])}  calico .* {len(contents['calico'])}  trusted-on-first-use$",
+        lockfile.read_text(),
+        re.M,
+    )
+    # From now on the lock vouches: a re-run needs no flag, and a fetch again is checked against it.
+    (folder / "calico").unlink()
+    outcome = fetch(config, trust_first_use=False)
+    assert [a.name for a, _, _ in outcome.downloaded] == ["calico"] and not outcome.failed
+    assert download.read_lock(lockfile) == lock
 
 
-def test_inv_download_failures_name_artifact_url_and_reason(tmp_path, server):
+def test_a_refusal_does_not_wait_for_the_whole_body(tmp_path):
+    with FileServer(rate=500_000) as slow:  # 4 MB at 0.5 MB/s: 8 s for the whole body
+        config = mirrored(tmp_path, slow, artifacts=[ARTIFACTS[0]])
+        publish(slow, config, size=4_000_000)
+        started = time.monotonic()
+        outcome = fetch(config, trust_first_use=False)
+        assert failures(outcome) == {"kubectl": REFUSED}
+        assert time.monotonic() - started < 4
+        assert slow.sent[K8S + "kubectl"] < 2_000_000
+    assert not list((tmp_path / "downloads").glob("kubectl*"))
+
+
+@pytest.mark.parametrize(
+    "pinned, sent, ok",
+    [
+        (False, 10_000, False),  # cut, and nothing to tell: trusting it would keep a quarter of the file
+        (False, None, False),  # whole, maybe: nothing can tell
+        (True, None, True),  # whole: the pin says so
+        (True, 10_000, False),  # cut: the pin says so
+    ],
+)
+def test_a_body_without_content_length_is_accepted_only_by_a_digest(tmp_path, server, pinned, sent, ok):
+    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]], retries=1)
+    contents = publish(server, config)
+    if pinned:
+        config["download"]["artifacts"] = [dict(ARTIFACTS[0], sha256=sha(contents["kubectl"]))]
+    server.hook(K8S + "kubectl", ("nolength", sent))
+    outcome = fetch(config, trust_first_use=True)
+    kubectl = tmp_path / "downloads" / "kubectl"
+    assert kubectl.exists() == ok and sorted(os.listdir(kubectl.parent)) == [download.CACHE] * ok + ["kubectl"] * ok
+    if ok:
+        assert kubectl.read_bytes() == contents["kubectl"]
+    elif pinned:
+        assert failures(outcome)["kubectl"].startswith(f"sha256 {sha(contents['kubectl'][:10_000])} does not match")
+    else:
+        assert failures(outcome)["kubectl"] == (
+            "refused: the server sent no Content-Length, so a cut body cannot be told from a whole one "
+            "and nothing else vouches for it; pin it (sha256: in download.artifacts)"
+        )
+
+
+@pytest.mark.parametrize("validator", ["etag", "last-modified"])
+def test_a_part_whose_file_changed_on_the_server_starts_over(tmp_path, validator):
+    with FileServer(validator=validator) as server:
+        config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]], retries=1)
+        contents = publish(server, config)
+        server.hook(K8S + "kubectl", ("cut", 12_345))
+        assert list(failures(fetch(config))) == ["kubectl"]
+        part = download.part_path(artifacts(config)[0])
+        recorded = download.read_validator(part)
+        assert recorded and part.stat().st_size == 12_345
+        rebuilt = contents["kubectl"][::-1]  # as long as the old one: a resume would splice the two
+        server.files[K8S + "kubectl"] = rebuilt
+        assert not fetch(config).failed
+        assert (tmp_path / "downloads" / "kubectl").read_bytes() == rebuilt
+        assert server.gets(K8S + "kubectl")[1][2] == "bytes=12345-"
+        assert server.if_range(K8S + "kubectl") == [None, recorded]
+        assert server.sent[K8S + "kubectl"] == 12_345 + len(rebuilt)  # the whole file again, after If-Range
+
+
+def test_a_part_with_no_validator_recorded_starts_over(tmp_path):
+    with FileServer(validator=None) as server:  # neither ETag nor Last-Modified
+        config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]], retries=2)
+        contents = publish(server, config)
+        server.hook(K8S + "kubectl", ("cut", 12_345))
+        assert not fetch(config).failed
+        assert [r for _, _, r in server.gets(K8S + "kubectl")] == [None, None]
+        # A part from an older version of this program, with no .meta beside it: the same.
+        art = artifacts(config)[0]
+        art.path.unlink()
+        download.part_path(art).write_bytes(contents["kubectl"][:5_000])
+        assert not fetch(config).failed
+        assert [r for _, _, r in server.gets(K8S + "kubectl")] == [None, None, None]
+        assert art.path.read_bytes() == contents["kubectl"]
+
+
+def test_a_long_listing_is_read_only_up_to_its_cap(tmp_path, server):
+    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]])
+    contents = publish(server, config)
+    listing = tmp_path / "SHA256SUMS"  # 64 MB: the line of kubectl, then NUL bytes (a sparse file)
+    with open(listing, "wb") as f:
+        f.write(f"{sha(contents['kubectl'])}  kubectl\n".encode())
+        f.truncate(64 << 20)
+    server.files[K8S + "SHA256SUMS"] = listing
+    assert not fetch(config, trust_first_use=False).failed
+    assert not download.read_lock(tmp_path / "downloads.lock")["kubectl"].trusted
+    assert server.sent[K8S + "SHA256SUMS"] < 32 << 20  # read no further than the cap (and what was in flight)
+
+
+def test_a_lock_of_the_earlier_format_still_verifies_and_gains_sizes(tmp_path, server):
     config = mirrored(tmp_path, server)
     contents = publish(server, config)
-    del server.files[K8S + "kube-proxy"]
-    config["download"]["artifacts"][6]["sha256"] = "0" * 64
-    result = run_inv(tmp_path, "download", config=config)
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
-    assert sorted(errors) == sorted(
-        [
-            f"FAILED kube-proxy {server.base}{K8S}kube-proxy: HTTP 404 Not Found",
-            f"FAILED calicoctl {server.base}/projectcalico/calico-containers/releases/download/v0.15.0/calicoctl: "
-            f"sha256 {sha(contents['calicoctl'])} does not match {'0' * 64} pinned in download.artifacts",
-        ]
-    )
-    assert "download failed for 2 of 10 artifact(s): " in result.stderr
-    assert result.stdout.count("downloaded ") == 8
-
-
-def test_inv_download_check_exits_non_zero_when_something_is_missing(tmp_path, server):
-    config = mirrored(tmp_path, server)
-    publish(server, config, size=1000)
-    del server.files[CNI + "calico"]
-    result = run_inv(tmp_path, "download", "--check", config=config)
-    assert result.returncode == 1
-    assert f"kubectl\t{server.base}{K8S}kubectl\t200 OK\t" in result.stdout
-    assert "calico (404 Not Found)" in result.stderr
-    assert not (tmp_path / "downloads").exists()
+    fetch(config)
+    lockfile = tmp_path / "downloads.lock"
+    lock = download.read_lock(lockfile)
+    lockfile.write_text("".join(f"{e.sha256}  {name}  {e.url}\n" for name, e in lock.items()))
+    before = len(server.log)
+    outcome = fetch(config, trust_first_use=False)
+    assert len(outcome.present) == 10 and len(server.log) == before and outcome.lock_changed
+    relocked = download.read_lock(lockfile)
+    assert relocked["calico"] == download.Locked(lock["calico"].sha256, lock["calico"].url, len(contents["calico"]))
 
 
 @pytest.fixture
@@ -735,7 +919,7 @@ def test_a_redirect_from_https_to_plain_http_is_refused_unless_allowed(tmp_path,
         secure.files[K8S + "kubectl.sha256"] = sha(contents["kubectl"]).encode()
         server.files["/objects/kubectl"] = secure.files.pop(K8S + "kubectl")
         secure.redirects[K8S + "kubectl"] = server.base + "/objects/kubectl"
-        outcome = fetch(config)
+        outcome = fetch(config, trust_first_use=False)
     kubectl = tmp_path / "downloads" / "kubectl"
     if allow_http:
         assert not outcome.failed and kubectl.read_bytes() == contents["kubectl"]
@@ -765,6 +949,88 @@ def test_plain_http_urls_are_a_configuration_error_unless_allowed(tmp_path, serv
         "expected an https:// URL (plain http only with download.allow_http: true)"
     )
     assert not server.log and not (tmp_path / "downloads").exists()
+
+
+# --- the real `inv download` ----------------------------------------------------
+
+
+def test_inv_download_then_offline_rerun(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    publish(server, config)
+    first = run_inv(tmp_path, "download", "--trust-first-use", config=config)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("note: download.allow_http is true") == 1  # said once, not once per file
+    assert first.stdout.count("downloaded ") == 10
+    assert re.search(r"^downloaded kube-apiserver: 40\.\d kB in \d+\.\d s \(.+/s\)$", first.stdout, re.M)
+    assert "10 downloaded, 0 already present" in first.stdout
+    server.__exit__()  # offline from here on
+    again = run_inv(tmp_path, "download", config=config)
+    assert again.returncode == 0, again.stderr
+    assert "0 downloaded, 10 already present and verified" in again.stdout
+    assert "downloads.lock unchanged" in again.stdout
+
+
+def test_inv_download_on_a_terminal_shows_live_progress(tmp_path, server):
+    """The real `inv` with its output on a pseudo-terminal, as a user sees it."""
+    config = mirrored(tmp_path, server)
+    publish(server, config)
+    del server.files[K8S + "kubelet"]
+    code, text = run_inv_on_terminal(tmp_path, "download", "--trust-first-use", config=config)
+    assert code == 1
+    assert re.search(r"total\s+━+ 360\.\d/360\.\d kB +[\d.]+ [kM]B/s", text)  # the total bar, with speed
+    assert re.search(r"kube-apiserver\s+━+\s+40\.\d/40\.\d kB", text)
+    assert f"FAILED kubelet {server.base}{K8S}kubelet: HTTP 404 Not Found" in text
+    assert "download failed for 1 of 10 artifact(s): kubelet" in text
+    assert "downloaded kubectl" not in text  # the bars say it; no plain lines on a terminal
+
+
+def test_inv_download_failures_name_artifact_url_and_reason(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    contents = publish(server, config)
+    del server.files[K8S + "kube-proxy"]
+    config["download"]["artifacts"][6]["sha256"] = "0" * 64
+    result = run_inv(tmp_path, "download", "--trust-first-use", config=config)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
+    assert sorted(errors) == sorted(
+        [
+            f"FAILED kube-proxy {server.base}{K8S}kube-proxy: HTTP 404 Not Found",
+            f"FAILED calicoctl {server.base}/projectcalico/calico-containers/releases/download/v0.15.0/calicoctl: "
+            f"sha256 {sha(contents['calicoctl'])} does not match {'0' * 64} pinned in download.artifacts",
+        ]
+    )
+    assert "download failed for 2 of 10 artifact(s): " in result.stderr
+    assert result.stdout.count("downloaded ") == 8
+
+
+def test_inv_download_check_exits_non_zero_when_something_is_missing(tmp_path, server):
+    config = mirrored(tmp_path, server)
+    publish(server, config, size=1000)
+    del server.files[CNI + "calico"]
+    result = run_inv(tmp_path, "download", "--check", config=config)
+    assert result.returncode == 1
+    assert f"kubectl\t{server.base}{K8S}kubectl\t200 OK\t" in result.stdout
+    assert "calico (404 Not Found)" in result.stderr
+    assert not (tmp_path / "downloads").exists()
+
+
+def test_inv_download_refuses_what_nothing_vouches_for_and_says_how_to_accept_it(tmp_path, server):
+    config = mirrored(tmp_path, server, artifacts=[dict(a, sha256="") for a in ARTIFACTS[6:8]])
+    publish(server, config)
+    done = run_inv(tmp_path, "download", config=config)
+    assert done.returncode == 1
+    assert f"FAILED calico {server.base}{CNI}calico: {REFUSED}" in done.stderr.splitlines()
+    assert "download failed for 2 of 2 artifact(s): " in done.stderr
+    assert not (tmp_path / "downloads.lock").exists()
+    done = run_inv(tmp_path, "download", "--trust-first-use", config=config)
+    assert done.returncode == 0, done.stderr
+    lock = (tmp_path / "downloads.lock").read_text()
+    assert lock.count("  trusted-on-first-use\n") == 2 and "# trusted-on-first-use: " in lock
+    helped = run_inv(tmp_path, "--help", "download")
+    assert helped.returncode == 0
+    text = " ".join(helped.stdout.split())  # as wrapped to the terminal's width
+    assert "--trust-first-use Accept an artifact that nothing vouches for" in text
+    assert "marked trusted-on-first-use in the lock file" in text
 
 
 def test_inv_download_rejects_bad_configuration_and_unknown_names(tmp_path):
