@@ -74,7 +74,8 @@ class Job:
 
     art: Artifact
     want: str = ""  # the sha256 it must have; "" when a published digest must vouch (or the user)
-    label: str = ""  # where `want` comes from
+    label: str = ""  # where `want` (and `size`) come from
+    size: int | None = None  # the size the lock records with `want`
     trust_first_use: bool = False  # with nothing to check against, accept what the server sends
     trusted: bool = False  # `want` is a lock entry's that was trusted on first use
 
@@ -131,7 +132,7 @@ def wanted(
     entry = lock.get(art.name)
     if entry and entry.url == art.upstream and not update_lock:
         label = f"recorded in {lock_name} (run with --update-lock to accept a new upstream)"
-        return Job(art, entry.sha256, label, trust_first_use, entry.trusted)
+        return Job(art, entry.sha256, label, entry.size, trust_first_use, entry.trusted)
     return Job(art, trust_first_use=trust_first_use)
 
 
@@ -603,6 +604,8 @@ class Fetcher:
             length = response.headers.get("Content-Length", "")
             total = have + int(length) if length.isdigit() else None
             whole = total is not None or "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+            if job.size is not None and total is not None and total != job.size:
+                raise Refused(f"the server announces {total} bytes, {job.size} {job.label}")
             if not have:
                 write_atomic(meta_path(part), json.dumps({"if_range": validator(response.headers)}).encode())
             self.report.started(art, total, have)
@@ -632,8 +635,8 @@ class Fetcher:
             raise Transient(f"body cut short at {got} of {total} bytes")
         return hashers, whole
 
-    def probe(self, art: Artifact) -> tuple[str, int | None]:
-        """(status, size) of art.url without downloading it: HEAD, or a GET closed at once."""
+    def probe(self, art: Artifact) -> tuple[str, int | None, str]:
+        """(status, size, content type) of art.url without downloading it: HEAD, or a GET closed at once."""
 
         def ask():
             with self.request(art.url, method="HEAD") as response:
@@ -647,9 +650,20 @@ class Fetcher:
         try:
             response = self.attempts(ask)
         except Failed as err:
-            return f"error: {err}", None
+            return f"error: {err}", None, ""
         length = response.headers.get("Content-Length", "")
-        return f"{response.status_code} {response.reason}", int(length) if length.isdigit() else None
+        size = int(length) if length.isdigit() else None
+        return f"{response.status_code} {response.reason}", size, response.headers.get("Content-Type", "")
+
+
+def suspicious(art: Artifact, size: int | None, content_type: str, lock: dict[str, Locked], lock_name: str) -> str:
+    """Why an answer (2xx) is obviously not the artifact, or ""."""
+    if content_type.split(";")[0].strip().lower() == "text/html":
+        return "a web page (text/html), not the file: a login or error page?"
+    entry = lock.get(art.name)
+    if entry and entry.url == art.upstream and None not in (entry.size, size) and size != entry.size:
+        return f"{size} bytes, not the {entry.size} recorded in {lock_name}"
+    return ""
 
 
 # --- the steps -------------------------------------------------------------
@@ -725,19 +739,27 @@ def fetch_all(
     return outcome
 
 
-def check_all(project: Project, *, only=(), parallel: int = 0) -> list[tuple[Artifact, str, int | None]]:
-    """(artifact, HTTP status or error, size) for each URL, through mirrors; downloads nothing."""
+def check_all(project: Project, *, only=(), parallel: int = 0) -> list[tuple[Artifact, str, int | None, str]]:
+    """(artifact, HTTP status or error, size, why it is obviously not the file or "") for each URL, through
+    mirrors; downloads nothing."""
     chosen = select(list(project.download.artifacts), only)
     dl = project.download
+    lock = read_lock(dl.lock_file)
     with Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, Quiet(), allow_http=dl.allow_http) as fetcher:
         found = dict(fetcher.run(fetcher.probe, chosen))
-    return [(art, *found[art]) for art in chosen]
+    rows = []
+    for art in chosen:
+        status, size, content_type = found[art]
+        problem = suspicious(art, size, content_type, lock, dl.lock_file.name) if status[:1] == "2" else ""
+        rows.append((art, status, size, problem))
+    return rows
 
 
 @task(
     iterable=["only"],
     help={
-        "check": "Only ask each URL (through download.mirrors) whether it exists and its size; download nothing.",
+        "check": "Only ask each URL (through download.mirrors) whether it exists, its size, and whether it looks "
+        "like the file (not a web page, the size the lock file records); download nothing.",
         "update-lock": "Download again and record what upstream serves now in the lock file (pins still apply; "
         "an artifact with no published digest also needs --trust-first-use).",
         "trust-first-use": "Accept an artifact that nothing vouches for (no pin, no lock entry, no digest file "
@@ -789,12 +811,16 @@ def _report_check(rows) -> None:
 
     ui.table(
         "Artifacts (through download.mirrors)",
-        ("artifact", "url", "status", "size"),
-        [(art.name, art.url, status, human(size)) for art, status, size in rows],
+        ("artifact", "url", "status", "size", "problem"),
+        [(art.name, art.url, status, human(size), problem) for art, status, size, problem in rows],
     )
-    missing = [f"{art.name} ({status})" for art, status, _ in rows if not status[:1] == "2"]
-    if missing:
-        raise StepError(f"not available: {', '.join(missing)}")
+    missing = [f"{art.name} ({status})" for art, status, _, _ in rows if not status[:1] == "2"]
+    odd = [f"{art.name} ({problem})" for art, _, _, problem in rows if problem]
+    lines = ([f"not available: {', '.join(missing)}"] if missing else []) + (
+        [f"not the file, it seems: {', '.join(odd)}"] if odd else []
+    )
+    if lines:
+        raise StepError("; ".join(lines))
 
 
 TASKS = (download,)

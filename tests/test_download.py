@@ -47,6 +47,7 @@ class FileServer:
         self.files: dict[str, bytes | Path] = {}
         self.hooks: dict[str, list[tuple]] = {}  # path -> actions, one used up per request
         self.redirects: dict[str, str] = {}  # path -> target path (or URL), every time
+        self.types: dict[str, str] = {}  # path -> Content-Type (default application/octet-stream)
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.if_ranges: list[tuple[str, str | None]] = []  # (path, If-Range header) of every request
         self.sent: dict[str, int] = {}  # path -> body bytes written
@@ -133,6 +134,7 @@ class FileServer:
                         return self._empty(416, **{"Content-Range": f"bytes */{size}"})
                     status = 206
                 self.send_response(status)
+                self.send_header("Content-Type", server.types.get(path, "application/octet-stream"))
                 for key, value in version.items():
                     self.send_header(key, value)
                 stop = size
@@ -717,7 +719,7 @@ def test_check_reports_status_and_size_without_downloading(tmp_path, server):
     config = mirrored(tmp_path, server)
     contents = publish(server, config, size=5000)
     del server.files[K8S + "kube-scheduler"]
-    rows = {art.name: (status, size) for art, status, size in download.check_all(project(config))}
+    rows = {art.name: (status, size) for art, status, size, _ in download.check_all(project(config))}
     assert rows["kubectl"] == ("200 OK", len(contents["kubectl"]))
     assert rows["kube-scheduler"] == ("404 Not Found", 0)
     assert {m for m, _, _ in server.log} == {"HEAD"}
@@ -729,7 +731,7 @@ def test_check_falls_back_to_get_when_head_is_refused(tmp_path, server, refusal)
     config = mirrored(tmp_path, server, artifacts=ARTIFACTS[:1])
     publish(server, config, size=5000)
     server.hook(K8S + "kubectl", ("status", refusal))
-    [(art, status, size)] = download.check_all(project(config))
+    [(art, status, size, problem)] = download.check_all(project(config))
     assert status == "200 OK" and size > 5000
     assert [m for m, _, _ in server.log] == ["HEAD", "GET"]
 
@@ -869,6 +871,24 @@ def test_a_long_listing_is_read_only_up_to_its_cap(tmp_path, server):
     assert not fetch(config, trust_first_use=False).failed
     assert not download.read_lock(tmp_path / "downloads.lock")["kubectl"].trusted
     assert server.sent[K8S + "SHA256SUMS"] < 32 << 20  # read no further than the cap (and what was in flight)
+
+
+def test_a_content_length_other_than_the_locked_size_is_refused_at_once(tmp_path, server):
+    config = mirrored(tmp_path, server, artifacts=[ARTIFACTS[0]])
+    contents = publish(server, config)
+    fetch(config)
+    kubectl = tmp_path / "downloads" / "kubectl"
+    kubectl.unlink()
+    server.files[K8S + "kubectl"] = contents["kubectl"] * 2
+    server.hook(K8S + "kubectl", ("stall", 1_000, 5))  # the body would take 5 s and more
+    started = time.monotonic()
+    outcome = fetch(config)
+    assert failures(outcome) == {
+        "kubectl": f"the server announces {2 * len(contents['kubectl'])} bytes, {len(contents['kubectl'])} "
+        "recorded in downloads.lock (run with --update-lock to accept a new upstream)"
+    }
+    assert time.monotonic() - started < 2 and len(server.gets(K8S + "kubectl")) == 2  # no retry
+    assert sorted(os.listdir(kubectl.parent)) == [download.CACHE]
 
 
 def test_a_lock_of_the_earlier_format_still_verifies_and_gains_sizes(tmp_path, server):
@@ -1031,6 +1051,25 @@ def test_inv_download_refuses_what_nothing_vouches_for_and_says_how_to_accept_it
     text = " ".join(helped.stdout.split())  # as wrapped to the terminal's width
     assert "--trust-first-use Accept an artifact that nothing vouches for" in text
     assert "marked trusted-on-first-use in the lock file" in text
+
+
+def test_inv_download_check_flags_a_web_page_and_a_size_other_than_the_locked_one(tmp_path, server):
+    config = mirrored(tmp_path, server, artifacts=[dict(a, sha256="") for a in ARTIFACTS[:3]])
+    contents = publish(server, config)
+    fetch(config)  # the lock now records each file's size
+    server.types[K8S + "kubectl"] = "text/html; charset=utf-8"  # a login page where the binary was
+    server.files[K8S + "kubelet"] = contents["kubelet"] + b"more"
+    result = run_inv(tmp_path, "download", "--check", config=config)
+    assert result.returncode == 1
+    page = "a web page (text/html), not the file: a login or error page?"
+    size = f"{len(contents['kubelet']) + 4} bytes, not the {len(contents['kubelet'])} recorded in downloads.lock"
+    rows = [line.split("\t") for line in result.stdout.splitlines()[2:]]
+    assert [(row[0], row[2], row[4]) for row in rows] == [
+        ("kubectl", "200 OK", page),
+        ("kubelet", "200 OK", size),
+        ("kube-proxy", "200 OK", ""),
+    ]
+    assert result.stderr.strip().endswith(f"not the file, it seems: kubectl ({page}), kubelet ({size})")
 
 
 def test_inv_download_rejects_bad_configuration_and_unknown_names(tmp_path):
