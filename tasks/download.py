@@ -3,10 +3,11 @@
 Replaces the seed's list of `wget` calls. Every artifact is configuration
 (download.artifacts, URLs filled from `versions`, rewritten by
 download.mirrors). Each is streamed to a `.part` file beside its final path
-while its sha256 is computed, resumed with HTTP Range after a cut, checked
-against its pin, the lock file or the digest file published beside it, and
-only then renamed into place. A re-run whose files all match the lock makes
-no network request at all.
+while its sha256 is computed, resumed with HTTP Range (and If-Range) after a
+cut, checked against its pin, the lock file or the digest file published
+beside it, and only then renamed into place. Nothing vouches for an artifact
+with none of these: it is refused unless the user trusts it on first use. A
+re-run whose files all match the lock makes no network request at all.
 
 Planning (artifacts, URLs, lock file, what to fetch) is pure; `Fetcher` holds
 every effect (HTTP sessions, the thread pool, files).
@@ -25,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
 
 from invoke import task
 
@@ -36,12 +38,24 @@ from tasks.settings import Artifact, Project, is_http
 CHUNK = 256 * 1024
 BACKOFF = 0.5  # seconds before the second try; doubled before each later one
 MAX_BACKOFF = 8.0
-# Digest files that release servers publish beside a file, strongest first.
-DIGEST_FILES = (("sha256", ".sha256"), ("sha1", ".sha1"), ("md5", ".md5"))
+# Digest files release servers publish, in the order they are looked for (the first found is used):
+# a suffix to the artifact's URL, or a listing in the same folder whose lines name the file.
+DIGEST_FILES = (
+    ("sha256", ".sha256"),
+    ("sha256", "SHA256SUMS"),
+    ("sha512", ".sha512"),
+    ("sha1", ".sha1"),
+    ("md5", ".md5"),
+)
+DIGEST_CAP = 64 * 1024  # bytes of a digest file read at most: a listing's first lines, never an endless body
 # Size and times of each verified file with its sha256, so a re-run need not hash 200 MB again.
 CACHE = ".verified.json"
+TRUSTED = "trusted-on-first-use"  # the lock's mark of a digest that nothing vouched for but the first download
 LOCK_HEADER = (
-    "# sha256 of every artifact `inv download` fetched; commit this file.\n# <sha256>  <name>  <upstream URL>\n"
+    "# sha256 of every artifact `inv download` fetched; commit this file.\n"
+    f"# <sha256>  <name>  <upstream URL>  <size in bytes>  [{TRUSTED}]\n"
+    f"# {TRUSTED}: no pin and no published digest vouched for the bytes when they were first fetched;\n"
+    "# compare them with a source you trust, then pin them (sha256: in download.artifacts).\n"
 )
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -50,6 +64,20 @@ HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 class Locked:
     sha256: str
     url: str
+    size: int | None = None  # None in lock files written before sizes were recorded
+    trusted: bool = False  # trusted on first use: nothing but this entry vouches for the digest
+
+
+@dataclass(frozen=True)
+class Job:
+    """One artifact to fetch and what its bytes must match."""
+
+    art: Artifact
+    want: str = ""  # the sha256 it must have; "" when a published digest must vouch (or the user)
+    label: str = ""  # where `want` (and `size`) come from
+    size: int | None = None  # the size the lock records with `want`
+    trust_first_use: bool = False  # with nothing to check against, accept what the server sends
+    trusted: bool = False  # `want` is a lock entry's that was trusted on first use
 
 
 # --- planning (pure) -------------------------------------------------------
@@ -65,49 +93,97 @@ def select(every: list[Artifact], only) -> list[Artifact]:
 
 
 def parse_lock(text: str, where: str) -> dict[str, Locked]:
+    """The entries of a lock file; lines of three fields (no size, no mark) are those of older lock files."""
     entries = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         fields = line.split()
-        if len(fields) != 3 or not HEX64.fullmatch(fields[0]) or not is_http(fields[2]):
-            raise ConfigError(f"{where} line {number}", line, "'<sha256>  <name>  <url>'")
-        entries[fields[1]] = Locked(fields[0].lower(), fields[2])
+        size, mark = (fields[3:] + ["", ""])[:2]
+        if not (
+            3 <= len(fields) <= 5
+            and HEX64.fullmatch(fields[0])
+            and is_http(fields[2])
+            and (size.isdigit() or len(fields) == 3)
+            and mark in ("", TRUSTED)
+        ):
+            raise ConfigError(f"{where} line {number}", line, f"'<sha256>  <name>  <url>  <size>[  {TRUSTED}]'")
+        entries[fields[1]] = Locked(fields[0].lower(), fields[2], int(size) if size else None, mark == TRUSTED)
     return entries
 
 
 def format_lock(entries: dict[str, Locked]) -> str:
     width = max((len(n) for n in entries), default=0)
-    return LOCK_HEADER + "".join(f"{e.sha256}  {n:<{width}}  {e.url}\n" for n, e in sorted(entries.items()))
+    url_width = max((len(e.url) for e in entries.values()), default=0)
+    lines = []
+    for name, e in sorted(entries.items()):
+        extra = [str(e.size)] if e.size is not None else []
+        extra += [TRUSTED] if e.trusted else []
+        lines.append(f"{e.sha256}  {name:<{width}}  {e.url:<{url_width}}  {'  '.join(extra)}".rstrip() + "\n")
+    return LOCK_HEADER + "".join(lines)
 
 
-def wanted(art: Artifact, lock: dict[str, Locked], update_lock: bool, lock_name: str) -> tuple[str, str]:
-    """The sha256 the artifact must have and where that comes from; ("", "") when nothing says yet."""
+def wanted(
+    art: Artifact, lock: dict[str, Locked], lock_name: str, update_lock: bool = False, trust_first_use: bool = False
+) -> Job:
+    """What the artifact's bytes must match: its pin, else its lock entry, else (want "") a published digest."""
     if art.sha256:
-        return art.sha256, "pinned in download.artifacts"
+        return Job(art, art.sha256, "pinned in download.artifacts", trust_first_use=trust_first_use)
     entry = lock.get(art.name)
     if entry and entry.url == art.upstream and not update_lock:
-        return entry.sha256, f"recorded in {lock_name} (run with --update-lock to accept a new upstream)"
-    return "", ""
+        label = f"recorded in {lock_name} (run with --update-lock to accept a new upstream)"
+        return Job(art, entry.sha256, label, entry.size, trust_first_use, entry.trusted)
+    return Job(art, trust_first_use=trust_first_use)
 
 
-def relocked(lock: dict[str, Locked], every: list[Artifact], digests: dict[str, str]) -> dict[str, Locked]:
-    """The lock with the given digests recorded and artifacts no longer configured dropped."""
-    new = {a.name: Locked(digests[a.name], a.upstream) if a.name in digests else lock.get(a.name) for a in every}
+def relocked(lock: dict[str, Locked], every: list[Artifact], found: dict[str, Locked]) -> dict[str, Locked]:
+    """The lock with the entries found recorded and artifacts no longer configured dropped."""
+    new = {a.name: found.get(a.name) or lock.get(a.name) for a in every}
     return {name: entry for name, entry in new.items() if entry}
 
 
-def digest_urls(url: str) -> list[tuple[str, str]]:
-    """(algorithm, URL) of each digest file that may be published beside `url`."""
-    return [(algo, url + suffix) for algo, suffix in DIGEST_FILES]
+def digest_urls(url: str) -> list[tuple[str, str, str | None]]:
+    """(algorithm, URL, file name to look for in it, None for a file of one digest) of each digest file
+    that may be published beside `url`."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    return [
+        (algo, url + where, None) if where.startswith(".") else (algo, urljoin(url, where), name)
+        for algo, where in DIGEST_FILES
+    ]
 
 
-def parse_digest(body: bytes, algo: str) -> str | None:
-    """The digest at the start of a digest file (`HEX` or `HEX  name`); None if it holds none."""
-    first = body.split(maxsplit=1)[:1]
+def parse_digest(body: bytes, algo: str, name: str | None = None) -> str | None:
+    """The digest a digest file gives; None if it gives none.
+
+    A file of one digest: the one it starts with (`HEX` or `HEX  name`). A listing (`name` given,
+    SHA256SUMS): the line `HEX  name` or `HEX *name` of that file.
+    """
     width = hashlib.new(algo).digest_size * 2
-    text = first[0].decode("ascii", "replace") if first else ""
-    return text.lower() if re.fullmatch(f"[0-9a-fA-F]{{{width}}}", text) else None
+    if name is None:
+        first = body.split(maxsplit=1)[:1]
+        text = first[0].decode("ascii", "replace") if first else ""
+        return text.lower() if re.fullmatch(f"[0-9a-fA-F]{{{width}}}", text) else None
+    for line in body.decode("utf-8", "replace").splitlines():
+        found = re.fullmatch(rf"([0-9a-fA-F]{{{width}}}) [ *](?:\./)?(.+)", line.strip())
+        if found and found.group(2) == name:
+            return found.group(1).lower()
+    return None
+
+
+def unvouched(job: Job, whole: bool) -> str | None:
+    """Why bytes that no pin, lock entry or published digest vouches for are refused; None if accepted."""
+    if not job.trust_first_use:
+        where = ", ".join(w for _, w in DIGEST_FILES[:-1]) + f" or {DIGEST_FILES[-1][1]}"
+        return (
+            f"refused: no digest to check it against (none pinned, none in the lock file, no {where} published "
+            "beside it); pin it with sha256: in download.artifacts, or accept it once with --trust-first-use"
+        )
+    if not whole:
+        return (
+            "refused: the server sent no Content-Length, so a cut body cannot be told from a whole one "
+            "and nothing else vouches for it; pin it (sha256: in download.artifacts)"
+        )
+    return None
 
 
 def human(size: int | None) -> str:
@@ -174,6 +250,31 @@ def part_path(art: Artifact) -> Path:
     return art.path.with_name(f"{art.name}.{tag}.part")
 
 
+def meta_path(part: Path) -> Path:
+    """Beside a `.part`: the validator (ETag or Last-Modified) of the response it started from, as JSON."""
+    return part.with_name(part.name + ".meta")
+
+
+def read_validator(part: Path) -> str:
+    """The If-Range value recorded when `part` started; "" if none was (then it cannot be resumed safely)."""
+    try:
+        value = json.loads(meta_path(part).read_text()).get("if_range")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+def validator(headers) -> str:
+    """What a later If-Range may send for this response: a strong ETag, else Last-Modified, else ""."""
+    etag = headers.get("ETag", "")
+    return etag if etag and not etag.startswith("W/") else headers.get("Last-Modified", "")
+
+
+def discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    meta_path(part).unlink(missing_ok=True)
+
+
 # --- effects: HTTP -------------------------------------------------------------
 
 
@@ -183,6 +284,10 @@ class Transient(Exception):
 
 class Failed(Exception):
     """Final for this artifact: HTTP 4xx, a digest that does not match, too many tries."""
+
+
+class Refused(Failed):
+    """Final, and the bytes fetched so far are not kept: nothing may vouch for them, or they are not the file."""
 
 
 def _classify(err, timeout: int) -> Exception:
@@ -286,12 +391,22 @@ class Bars(Lines):
 class Fetcher:
     """HTTP for many artifacts: a session per worker thread (connections reused), tries with backoff."""
 
-    def __init__(self, timeout: int, tries: int, parallel: int, report: Quiet, backoff: float = BACKOFF):
+    def __init__(
+        self,
+        timeout: int,
+        tries: int,
+        parallel: int,
+        report: Quiet,
+        backoff: float = BACKOFF,
+        allow_http: bool = False,
+    ):
         self.timeout, self.tries, self.parallel, self.report, self.backoff = (timeout, tries, parallel, report, backoff)
+        self.allow_http = allow_http
         self.stop = threading.Event()
         self._local = threading.local()
         self._sessions: list = []
         self._guard = threading.Lock()
+        self._listings: dict = {}  # URL of a listing (SHA256SUMS) -> Future of its body: fetched once a run
 
     def __enter__(self):
         from concurrent.futures import ThreadPoolExecutor
@@ -314,10 +429,21 @@ class Fetcher:
             session = requests.Session()
             # Identity: the bytes as published, so Range offsets and digests refer to the file itself.
             session.headers.update({"Accept-Encoding": "identity", "User-Agent": "inv-download/1"})
+            session.hooks["response"].append(self._no_redirect_to_http)
             self._local.session = session
             with self._guard:
                 self._sessions.append(session)
         return session
+
+    def _no_redirect_to_http(self, response, *args, **kwargs):
+        """Called on every response, before a redirect is followed: one to plain http is refused."""
+        if self.allow_http or not response.is_redirect:
+            return response
+        target = urljoin(response.url, response.headers["Location"])
+        if urlsplit(target).scheme == "http":
+            response.close()
+            raise Failed(f"{response.url} redirects to plain http {target}: refused (download.allow_http is false)")
+        return response
 
     def request(self, url: str, method: str = "GET", headers: dict | None = None):
         """A streamed response, redirects followed; HTTP 5xx (but 501) raises Transient."""
@@ -377,44 +503,74 @@ class Fetcher:
 
     def published_digest(self, url: str) -> tuple[str, str, str] | None:
         """(algorithm, digest, its URL) of the first digest file found beside `url`; None if none is."""
-        for algo, digest_url in digest_urls(url):
-            digest = self.attempts(self._digest_file, digest_url, algo)
+        for algo, digest_url, name in digest_urls(url):
+            body = self._listing(digest_url) if name else self.attempts(self._digest_file, digest_url)
+            digest = parse_digest(body, algo, name) if body is not None else None
             if digest:
                 return algo, digest, digest_url
         return None
 
-    def _digest_file(self, url: str, algo: str) -> str | None:
-        with self.request(url) as response:
-            body = response.content  # read to the end, so the connection goes back to the pool
-            if response.status_code >= 400:  # not published: not an error
-                return None
-            return parse_digest(body[:4096], algo)
+    def _listing(self, url: str) -> bytes | None:
+        """The body of a listing several artifacts share (SHA256SUMS in their folder), fetched once a run."""
+        from concurrent.futures import Future
 
-    def fetch(self, job: tuple[Artifact, str, str]) -> tuple[str, int, float, list[int]]:
-        """Download one artifact into place; returns (sha256, size, seconds, stamp) or raises Failed."""
-        art, want, label = job
+        with self._guard:
+            first = url not in self._listings
+            future = self._listings.setdefault(url, Future())
+        if first:
+            try:
+                future.set_result(self.attempts(self._digest_file, url))
+            except Exception as err:  # the artifacts that wait for it fail with it
+                future.set_exception(err)
+        return future.result()
+
+    def _digest_file(self, url: str) -> bytes | None:
+        """The first DIGEST_CAP bytes of a digest file (whole lines), None if it is not published."""
+        with self.request(url) as response:
+            body = b""
+            for chunk in response.iter_content(8192):
+                body += chunk
+                if len(body) > DIGEST_CAP:  # a long listing, or no digest file at all: its first lines only
+                    body = body[:DIGEST_CAP].rpartition(b"\n")[0]
+                    break
+            # Read (when short) to the end, so the connection goes back to the pool.
+            return None if response.status_code >= 400 else body
+
+    def fetch(self, job: Job) -> tuple[Locked, float, list[int]]:
+        """Download one artifact into place; returns (its lock entry, seconds, stamp) or raises Failed."""
+        art = job.art
         started = time.monotonic()
-        lookup = None if want else self.lookups.submit(self.published_digest, art.url)
+        lookup = None if job.want else self.lookups.submit(self.published_digest, art.url)
         part = part_path(art)
-        for stale in art.path.parent.glob(f"{art.name}.*.part"):
-            if stale != part and re.fullmatch(re.escape(art.name) + r"\.[0-9a-f]{8}\.part", stale.name):
+        for stale in art.path.parent.glob(f"{art.name}.*.part*"):
+            if stale.name.startswith(part.name):
+                continue
+            if re.fullmatch(re.escape(art.name) + r"\.[0-9a-f]{8}\.part(\.meta)?", stale.name):
                 stale.unlink()  # a download of another URL (version, mirror) left behind
-        hashers = self.attempts(self._fetch_into, art, part, lookup)
-        published = lookup.result() if lookup else None
+        try:
+            hashers, whole = self.attempts(self._fetch_into, job, part, lookup)
+            published = lookup.result() if lookup else None
+        except Refused:
+            discard(part)
+            raise
         size = part.stat().st_size
         sha256 = hashers["sha256"].hexdigest()
         problem = None
-        if want and sha256 != want:
-            problem = f"sha256 {sha256} does not match {want} {label}"
+        if job.want and sha256 != job.want:
+            problem = f"sha256 {sha256} does not match {job.want} {job.label}"
         elif published and hashers[published[0]].hexdigest() != published[1]:
             algo, digest, where = published
             problem = f"{algo} {hashers[algo].hexdigest()} does not match {digest} published at {where}"
+        elif not job.want and not published:
+            problem = unvouched(job, whole)
         if problem:
-            part.unlink()
+            discard(part)
             raise Failed(problem)
         os.chmod(part, art.mode)
         os.replace(part, art.path)
-        return sha256, size, time.monotonic() - started, _stamp(art.path.stat())
+        meta_path(part).unlink(missing_ok=True)
+        entry = Locked(sha256, art.upstream, size, trusted=job.trusted if job.want else not published)
+        return entry, time.monotonic() - started, _stamp(art.path.stat())
 
     @staticmethod
     def _needed(lookup) -> set[str]:
@@ -425,23 +581,36 @@ class Fetcher:
             return {algo for algo, _ in DIGEST_FILES}
         return {"sha256"} | ({lookup.result()[0]} if lookup.result() else set())
 
-    def _fetch_into(self, art: Artifact, part: Path, lookup) -> dict:
-        """One try: continue `part` from where it ends (hashing what it holds first)."""
+    def _fetch_into(self, job: Job, part: Path, lookup) -> tuple[dict, bool]:
+        """One try: continue `part` from where it ends (hashing what it holds first) if the server's file is
+        still the one it started from. Returns the hashers and whether the body's end was certain (a
+        Content-Length or chunked encoding: a close-delimited body cut short looks whole)."""
+        art = job.art
+        resume = read_validator(part) if part.exists() else ""
+        if part.exists() and not resume:
+            discard(part)  # nothing tells whether the server's file is still the one it was started from
         hashers = {a: hashlib.new(a) for a in self._needed(lookup)}
         have = _hash_into(part, hashers) if part.exists() else 0
-        with self.request(art.url, headers={"Range": f"bytes={have}-"} if have else None) as response:
+        headers = {"Range": f"bytes={have}-", "If-Range": resume} if have else None
+        with self.request(art.url, headers=headers) as response:
             if response.status_code == 416:  # the part is longer than the file: start again
-                part.unlink()
+                discard(part)
                 raise Transient("HTTP 416 for a partial download; starting again")
             if response.status_code >= 400:
                 raise Failed(f"HTTP {response.status_code} {response.reason}")
             if have and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
-                # The server sent the whole file instead of the rest.
+                # The whole file instead of the rest: it changed since (If-Range), or the server ignores Range.
                 have, hashers = 0, {a: hashlib.new(a) for a in hashers}
             length = response.headers.get("Content-Length", "")
             total = have + int(length) if length.isdigit() else None
+            whole = total is not None or "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+            if job.size is not None and total is not None and total != job.size:
+                raise Refused(f"the server announces {total} bytes, {job.size} {job.label}")
+            if not have:
+                write_atomic(meta_path(part), json.dumps({"if_range": validator(response.headers)}).encode())
             self.report.started(art, total, have)
             got = have
+            pending = lookup is not None  # the digest look-up has not ended yet
             # read1 hands over whatever has arrived, so a cut loses no byte already received.
             read1 = getattr(response.raw, "read1", None)
             chunks = iter(lambda: read1(CHUNK, decode_content=False), b"") if read1 else response.iter_content(CHUNK)
@@ -454,17 +623,20 @@ class Fetcher:
                         h.update(chunk)
                     got += len(chunk)
                     self.report.advanced(art, len(chunk))
-                    if len(hashers) > 2 and lookup.done():  # the look-up has ended: drop the digests not needed
+                    if pending and lookup.done():  # decide now: refuse without reading on, drop unneeded digests
+                        pending = False
+                        if lookup.result() is None and not job.trust_first_use:  # (raises a failed look-up)
+                            raise Refused(unvouched(job, whole))
                         needed = self._needed(lookup)
                         hashers = {a: h for a, h in hashers.items() if a in needed}
                 out.flush()
                 os.fsync(out.fileno())
         if total is not None and got != total:
             raise Transient(f"body cut short at {got} of {total} bytes")
-        return hashers
+        return hashers, whole
 
-    def probe(self, art: Artifact) -> tuple[str, int | None]:
-        """(status, size) of art.url without downloading it: HEAD, or a GET closed at once."""
+    def probe(self, art: Artifact) -> tuple[str, int | None, str]:
+        """(status, size, content type) of art.url without downloading it: HEAD, or a GET closed at once."""
 
         def ask():
             with self.request(art.url, method="HEAD") as response:
@@ -478,9 +650,20 @@ class Fetcher:
         try:
             response = self.attempts(ask)
         except Failed as err:
-            return f"error: {err}", None
+            return f"error: {err}", None, ""
         length = response.headers.get("Content-Length", "")
-        return f"{response.status_code} {response.reason}", int(length) if length.isdigit() else None
+        size = int(length) if length.isdigit() else None
+        return f"{response.status_code} {response.reason}", size, response.headers.get("Content-Type", "")
+
+
+def suspicious(art: Artifact, size: int | None, content_type: str, lock: dict[str, Locked], lock_name: str) -> str:
+    """Why an answer (2xx) is obviously not the artifact, or ""."""
+    if content_type.split(";")[0].strip().lower() == "text/html":
+        return "a web page (text/html), not the file: a login or error page?"
+    entry = lock.get(art.name)
+    if entry and entry.url == art.upstream and None not in (entry.size, size) and size != entry.size:
+        return f"{size} bytes, not the {entry.size} recorded in {lock_name}"
+    return ""
 
 
 # --- the steps -------------------------------------------------------------
@@ -495,7 +678,14 @@ def read_lock(path: Path) -> dict[str, Locked]:
 
 
 def fetch_all(
-    project: Project, *, only=(), update_lock: bool = False, parallel: int = 0, progress=Quiet, backoff: float = BACKOFF
+    project: Project,
+    *,
+    only=(),
+    update_lock: bool = False,
+    trust_first_use: bool = False,
+    parallel: int = 0,
+    progress=Quiet,
+    backoff: float = BACKOFF,
 ) -> Outcome:
     """Bring the downloads folder up to date with download.artifacts; ConfigError for an unknown `only` name.
 
@@ -509,33 +699,38 @@ def fetch_all(
     recorded = read_cache(folder)
     cache = dict(recorded)
     outcome = Outcome(lock=lockfile)
-    digests, jobs = {}, []
+    found: dict[str, Locked] = {}
+    jobs = []
     for art in chosen:
-        want, label = wanted(art, lock, update_lock, lockfile.name)
-        if want and local_sha256(art, cache) == want:
+        job = wanted(art, lock, lockfile.name, update_lock, trust_first_use)
+        if job.want and local_sha256(art, cache) == job.want:
             outcome.present.append(art)
-            digests[art.name] = want
+            found[art.name] = Locked(job.want, art.upstream, cache[art.name][0], job.trusted)
         else:
-            jobs.append((art, want, label))
+            jobs.append(job)
     try:
         if jobs:  # only now: a complete folder never opens a connection
             folder.mkdir(parents=True, exist_ok=True)
             dl = project.download
             report = progress()
-            with report, Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, report, backoff) as fetcher:
-                for (art, _, _), result in fetcher.run(fetcher.fetch, jobs):
+            with (
+                report,
+                Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, report, backoff, dl.allow_http) as fetcher,
+            ):
+                for job, result in fetcher.run(fetcher.fetch, jobs):
+                    art = job.art
                     if isinstance(result, Failed):
                         outcome.failed.append((art, str(result)))
                         report.failed(art, str(result))
                         continue
-                    sha256, size, seconds, stamp = result
-                    digests[art.name] = sha256
-                    cache[art.name] = [*stamp, sha256]
-                    outcome.downloaded.append((art, size, seconds))
-                    report.finished(art, size, seconds)
+                    entry, seconds, stamp = result
+                    found[art.name] = entry
+                    cache[art.name] = [*stamp, entry.sha256]
+                    outcome.downloaded.append((art, entry.size, seconds))
+                    report.finished(art, entry.size, seconds)
     finally:
         # Also after Ctrl-C: what was verified and put in place is recorded, not fetched again.
-        new = relocked(lock, every, digests)
+        new = relocked(lock, every, found)
         if new != lock and (new or lockfile.exists()):
             outcome.lock_changed = write_atomic(lockfile, format_lock(new).encode())
         kept = {a.name: cache[a.name] for a in every if a.name in cache}
@@ -544,43 +739,59 @@ def fetch_all(
     return outcome
 
 
-def check_all(project: Project, *, only=(), parallel: int = 0) -> list[tuple[Artifact, str, int | None]]:
-    """(artifact, HTTP status or error, size) for each URL, through mirrors; downloads nothing."""
+def check_all(project: Project, *, only=(), parallel: int = 0) -> list[tuple[Artifact, str, int | None, str]]:
+    """(artifact, HTTP status or error, size, why it is obviously not the file or "") for each URL, through
+    mirrors; downloads nothing."""
     chosen = select(list(project.download.artifacts), only)
     dl = project.download
-    with Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, Quiet()) as fetcher:
+    lock = read_lock(dl.lock_file)
+    with Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, Quiet(), allow_http=dl.allow_http) as fetcher:
         found = dict(fetcher.run(fetcher.probe, chosen))
-    return [(art, *found[art]) for art in chosen]
+    rows = []
+    for art in chosen:
+        status, size, content_type = found[art]
+        problem = suspicious(art, size, content_type, lock, dl.lock_file.name) if status[:1] == "2" else ""
+        rows.append((art, status, size, problem))
+    return rows
 
 
 @task(
     iterable=["only"],
     help={
-        "check": "Only ask each URL (through download.mirrors) whether it exists and its size; download nothing.",
-        "update-lock": "Download again and record what upstream serves now in the lock file (pins still apply).",
+        "check": "Only ask each URL (through download.mirrors) whether it exists, its size, and whether it looks "
+        "like the file (not a web page, the size the lock file records); download nothing.",
+        "update-lock": "Download again and record what upstream serves now in the lock file (pins still apply; "
+        "an artifact with no published digest also needs --trust-first-use).",
+        "trust-first-use": "Accept an artifact that nothing vouches for (no pin, no lock entry, no digest file "
+        f"published beside it) as the server sends it, marked {TRUSTED} in the lock file.",
         "parallel": "Simultaneous downloads (default: download.parallel).",
         "only": "Only this artifact (by name); repeat for several.",
     },
 )
 @exits
-def download(c, check=False, update_lock=False, parallel=0, only=None):
-    """Download the cluster's binaries into paths.downloads, verified against pins and the lock file.
+def download(c, check=False, update_lock=False, trust_first_use=False, parallel=0, only=None):
+    """Download the cluster's binaries into paths.downloads, verified against pins, the lock file or published digests.
 
     Replaces the seed's wget list: parallel, resumable, through download.mirrors,
-    sha256 recorded in download.lock_file. A re-run with every file in place and
-    matching the lock makes no network request.
+    sha256 recorded in download.lock_file. An artifact that no pin, lock entry
+    or digest file published beside it vouches for is refused, unless
+    --trust-first-use. A re-run with every file in place and matching the lock
+    makes no network request.
     """
     from tasks import ui
 
     project = settings.load(c)
     if parallel < 0:
         raise ConfigError("--parallel", parallel, "a whole number of at least 1 (0: download.parallel)")
+    if project.download.allow_http:
+        ui.note_once("download.allow_http is true: plain http URLs and redirects to them are accepted")
     if check:
         return _report_check(check_all(project, only=only, parallel=parallel))
     outcome = fetch_all(
         project,
         only=only,
         update_lock=update_lock,
+        trust_first_use=trust_first_use,
         parallel=parallel,
         progress=lambda: Bars() if ui.console().is_terminal else Lines(),
     )
@@ -600,12 +811,16 @@ def _report_check(rows) -> None:
 
     ui.table(
         "Artifacts (through download.mirrors)",
-        ("artifact", "url", "status", "size"),
-        [(art.name, art.url, status, human(size)) for art, status, size in rows],
+        ("artifact", "url", "status", "size", "problem"),
+        [(art.name, art.url, status, human(size), problem) for art, status, size, problem in rows],
     )
-    missing = [f"{art.name} ({status})" for art, status, _ in rows if not status[:1] == "2"]
-    if missing:
-        raise StepError(f"not available: {', '.join(missing)}")
+    missing = [f"{art.name} ({status})" for art, status, _, _ in rows if not status[:1] == "2"]
+    odd = [f"{art.name} ({problem})" for art, _, _, problem in rows if problem]
+    lines = ([f"not available: {', '.join(missing)}"] if missing else []) + (
+        [f"not the file, it seems: {', '.join(odd)}"] if odd else []
+    )
+    if lines:
+        raise StepError("; ".join(lines))
 
 
 TASKS = (download,)

@@ -60,6 +60,7 @@ SCHEMA: dict[str, dict[str, type]] = {
         "lock_file": str,
         "mirrors": dict,
         "artifacts": list,
+        "allow_http": bool,
     },
     "addons": {"manifests": list, "timeout": int},
     "verify": {"timeout": int, "interval": int, "api_url": str, "ui_path": str},
@@ -183,6 +184,7 @@ class Downloads:
     lock_file: Path
     mirrors: dict = field(hash=False)
     artifacts: tuple[Artifact, ...] = ()
+    allow_http: bool = False  # plain http:// URLs and redirects to them accepted
 
 
 @dataclass(frozen=True)
@@ -452,10 +454,26 @@ def check_mirrors(mirrors: dict) -> dict[str, str]:
     return dict(mirrors)
 
 
+def mirror_prefix(url: str, mirrors: dict[str, str]) -> str | None:
+    """The longest prefix of `url` listed in `mirrors`, or None."""
+    return max((p for p in mirrors if url.startswith(p)), key=len, default=None)
+
+
 def mirror(url: str, mirrors: dict[str, str]) -> str:
     """`url` with the longest prefix listed in `mirrors` replaced."""
-    prefix = max((p for p in mirrors if url.startswith(p)), key=len, default=None)
+    prefix = mirror_prefix(url, mirrors)
     return url if prefix is None else mirrors[prefix] + url[len(prefix) :]
+
+
+def _https_only(key: str, value: str, upstream: str, mirrors: dict[str, str]) -> None:
+    """Refuse a plain http:// artifact URL (after mirrors), naming the setting that makes it so: `key` = `value`."""
+    if urlsplit(mirror(upstream, mirrors)).scheme != "http":
+        return
+    expected = "an https:// {} (plain http only with download.allow_http: true)"
+    prefix = mirror_prefix(upstream, mirrors)
+    if prefix is None:
+        raise ConfigError(key, value, expected.format("URL"))
+    raise ConfigError(f"download.mirrors[{prefix!r}]", mirrors[prefix], expected.format("replacement URL prefix"))
 
 
 def _downloads(config: dict, folder: Path) -> Downloads:
@@ -465,6 +483,8 @@ def _downloads(config: dict, folder: Path) -> Downloads:
     if not dl["lock_file"]:
         raise ConfigError("download.lock_file", dl["lock_file"], "a file path like downloads.lock")
     mirrors = check_mirrors(dl["mirrors"])
+    if not isinstance(dl["allow_http"], bool):
+        raise ConfigError("download.allow_http", dl["allow_http"], "true or false")
     versions = {k: v for k, v in config["versions"].items() if v is not None}
     found: list[Artifact] = []
     for i, entry in enumerate(dl["artifacts"]):
@@ -484,6 +504,8 @@ def _downloads(config: dict, folder: Path) -> Downloads:
         pin = entry.get("sha256", "")
         if pin and not HEX64.fullmatch(pin):
             raise ConfigError(f"{key}.sha256", pin, "64 hexadecimal digits, or empty to rely on the lock file")
+        if not dl["allow_http"]:
+            _https_only(f"{key}.url", entry["url"], upstream, mirrors)
         found.append(
             Artifact(
                 name=name,
@@ -502,6 +524,7 @@ def _downloads(config: dict, folder: Path) -> Downloads:
         lock_file=resolve(dl["lock_file"]),
         mirrors=mirrors,
         artifacts=tuple(found),
+        allow_http=dl["allow_http"],
     )
 
 
