@@ -32,7 +32,7 @@ from invoke import task
 
 from tasks import settings
 from tasks.errors import ConfigError, StepError, exits
-from tasks.files import write_atomic
+from tasks.files import LOCK, folder_lock, write_atomic
 from tasks.settings import Artifact, Project, is_http
 
 CHUNK = 256 * 1024
@@ -248,6 +248,22 @@ def part_path(art: Artifact) -> Path:
     """The temporary name a download grows under; named after the URL so a resume never mixes versions."""
     tag = hashlib.sha256(art.url.encode()).hexdigest()[:8]
     return art.path.with_name(f"{art.name}.{tag}.part")
+
+
+def strangers(project: Project) -> list[str]:
+    """Files in the downloads folder that no run of `inv download` writes: the folder is someone else's."""
+    folder = project.downloads_dir
+    if not folder.is_dir():
+        return []
+    names = {a.name for a in project.download.artifacts} | set(read_cache(folder))
+    parts = re.compile(r"(.+)\.[0-9a-f]{8}\.part(\.meta)?")
+
+    def ours(name: str) -> bool:
+        part = parts.fullmatch(name)
+        # Parts of artifacts configured earlier are ours too: the next download removes them.
+        return name in names or name in (CACHE, LOCK) or bool(part) or name.startswith(f".{CACHE}.")
+
+    return sorted(p.name for p in folder.iterdir() if not ours(p.name))
 
 
 def meta_path(part: Path) -> Path:
@@ -733,7 +749,8 @@ def fetch_all(
         new = relocked(lock, every, found)
         if new != lock and (new or lockfile.exists()):
             outcome.lock_changed = write_atomic(lockfile, format_lock(new).encode())
-        kept = {a.name: cache[a.name] for a in every if a.name in cache}
+        # Files of artifacts no longer configured stay recorded while they exist: they are still ours.
+        kept = {name: entry for name, entry in cache.items() if (folder / name).is_file()}
         if kept != recorded and folder.is_dir():
             write_atomic(folder / CACHE, json.dumps(kept, indent=1).encode())
     return outcome
@@ -787,14 +804,22 @@ def download(c, check=False, update_lock=False, trust_first_use=False, parallel=
         ui.note_once("download.allow_http is true: plain http URLs and redirects to them are accepted")
     if check:
         return _report_check(check_all(project, only=only, parallel=parallel))
-    outcome = fetch_all(
-        project,
-        only=only,
-        update_lock=update_lock,
-        trust_first_use=trust_first_use,
-        parallel=parallel,
-        progress=lambda: Bars() if ui.console().is_terminal else Lines(),
-    )
+    select(list(project.download.artifacts), only)  # an unknown name: before the folder is even made
+    foreign = strangers(project)
+    if foreign:
+        raise StepError(
+            f"paths.downloads {project.downloads_dir} holds files `inv download` did not write "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): choose a new or empty folder"
+        )
+    with folder_lock(project.downloads_dir, "download"):
+        outcome = fetch_all(
+            project,
+            only=only,
+            update_lock=update_lock,
+            trust_first_use=trust_first_use,
+            parallel=parallel,
+            progress=lambda: Bars() if ui.console().is_terminal else Lines(),
+        )
     lock_note = f"{outcome.lock.name} updated" if outcome.lock_changed else f"{outcome.lock.name} unchanged"
     ui.say(
         f"{len(outcome.downloaded)} downloaded, {len(outcome.present)} already present and verified "

@@ -36,6 +36,7 @@ def test_the_whole_procedure_in_one_command(ssh_nodes, tmp_path):
                 "artifacts": artifacts,
                 "lock_file": str(tmp_path / "downloads.lock"),
                 "mirrors": {"https://storage.googleapis.com/": srv.base + "/", "https://github.com/": srv.base + "/"},
+                "allow_http": True,  # the loopback server
             },
         )
         serve_artifacts(srv, config)
@@ -45,6 +46,7 @@ def test_the_whole_procedure_in_one_command(ssh_nodes, tmp_path):
         done = run_inv(
             tmp_path,
             "download",
+            "--trust-first-use",  # the loopback server publishes no digests
             "render",
             "up",
             "--timeout",

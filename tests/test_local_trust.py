@@ -273,6 +273,7 @@ def test_ctrl_c_during_a_real_download_exits_130_and_keeps_nothing_half_written(
                 "mirrors": {"https://example.invalid/": srv.base + "/"},
                 "lock_file": str(tmp_path / "downloads.lock"),
                 "retries": 1,
+                "allow_http": True,
             }
         )
         srv.files[url_path("https://example.invalid/k/kubectl")] = b"x" * 4_000_000
@@ -280,7 +281,7 @@ def test_ctrl_c_during_a_real_download_exits_130_and_keeps_nothing_half_written(
         cfg = tmp_path / "c.yaml"
         cfg.write_text(yaml.safe_dump(config))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "invoke", "-f", str(cfg), "download"],
+            [sys.executable, "-m", "invoke", "-f", str(cfg), "download", "--trust-first-use"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -305,3 +306,30 @@ def test_lock_file_written_by_the_run_holds_its_name(tmp_path):
     with files.folder_lock(folder, "download"):
         assert (folder / files.LOCK).read_text() == f"`inv download` (process {os.getpid()})\n"
     assert Path(folder / files.LOCK).exists()
+
+
+def test_download_refuses_a_folder_of_other_files(tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "holiday.jpg").write_bytes(b"mine")
+    done = run_inv(tmp_path, "download", config=make_config(tmp_path))
+    assert done.returncode == 1
+    assert one_line(done) == (
+        f"paths.downloads {downloads} holds files `inv download` did not write (holiday.jpg): "
+        "choose a new or empty folder"
+    )
+    assert sorted(p.name for p in downloads.iterdir()) == ["holiday.jpg"]
+
+
+def test_files_of_artifacts_no_longer_configured_stay_ours(tmp_path):
+    from tasks import download
+
+    config = make_config(tmp_path)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "old-tool").write_bytes(b"x")
+    (downloads / download.CACHE).write_text(json.dumps({"old-tool": [1, 2, 3, "0" * 64]}))
+    (downloads / "kubectl.0123abcd.part").write_bytes(b"half")
+    assert download.strangers(project(config)) == []
+    (downloads / "notes.txt").write_text("mine")
+    assert download.strangers(project(config)) == ["notes.txt"]
