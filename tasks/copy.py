@@ -2,9 +2,10 @@
 
 Replaces the seed's NFS synced folder, its key.sh (a CA made on every node)
 and its file provisioners. On all nodes in parallel, over one SFTP session
-each: the downloaded binaries (/opt/bin, /opt/cni/bin), the directory
-/opt/kubernetes/manifests, the PKI to /srv/kubernetes (keys 0600), the addon
-manifests to the master's home, and the node's cloud-config LAST at
+each, what the node's role needs (stack data: an artifact's `roles`, the
+stack's `pki_files`): the downloaded binaries (/opt/bin, /opt/cni/bin), the
+directory /opt/kubernetes/manifests, the PKI to /srv/kubernetes (keys 0600),
+the addon manifests to the master's home, and the node's cloud-config LAST at
 cluster.user_data_path, so that its units find their binaries and certificates
 when they start; then cluster.activate_command, if set.
 
@@ -70,34 +71,51 @@ class Report:
     error: str = ""
 
 
+def pki_names(project: Project, role: str) -> list[str]:
+    """The PKI files a role gets, in pki.NODE_FILES order; StepError if the stack lists one that stays home."""
+    from tasks import pki
+
+    listed = project.stack.pki_files.get(role, ())
+    home_only = [name for name in listed if name not in pki.NODE_FILES]
+    if home_only:
+        raise StepError(
+            f"stack {project.stack.name}: pki_files of role {role} lists {', '.join(home_only)}: "
+            f"only {', '.join(pki.NODE_FILES)} leave the host"
+        )
+    return [name for name in pki.NODE_FILES if name in listed]
+
+
 def plan(project: Project) -> dict[str, list[Item]]:
     """Node name -> what it gets, in order; the cloud-config is always last.
 
-    Raises StepError, before any node is touched, when a rendered or downloaded
-    file is missing.
+    Each node gets the artifacts and PKI files of its role only. Raises
+    StepError, before any node is touched, when a rendered or downloaded file
+    is missing.
     """
-    from tasks import pki, render
+    from tasks import render
 
     cluster, out = project.cluster, project.output_dir
+    roles = list(dict.fromkeys(n.role for n in cluster.nodes))
+    pki_files = {role: pki_names(project, role) for role in roles}
     rendered = [out / render.user_data_name(n.name) for n in cluster.nodes]
-    rendered += [out / render.PKI_DIR / name for name in pki.NODE_FILES]
+    rendered += [out / render.PKI_DIR / name for name in dict.fromkeys(n for r in roles for n in pki_files[r])]
     # Exactly the manifests `inv addons` will create, not whatever lies in the folder.
     manifests = [out / "manifests" / name for name in project.addons.manifests]
     for path in rendered + manifests:
         if not path.exists():
             raise StepError(f"{path} is missing: run `inv render` first")
-    common = [Item(a.target, a.mode, a.path) for a in project.download.artifacts]
-    for item in common:
-        if not item.file.is_file():
-            raise StepError(f"downloaded file {item.source} is missing: run `inv download` first")
-    common.append(Item(MANIFESTS_DIR, 0o755))
-    common += [
-        Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
-        for name in pki.NODE_FILES
-    ]
+    sent = [a for a in project.download.artifacts if set(a.roles) & set(roles)]
+    for art in sent:
+        if not art.path.is_file():
+            raise StepError(f"downloaded file {art.path} is missing: run `inv download` first")
     result = {}
     for node in cluster.nodes:
-        items = list(common)
+        items = [Item(a.target, a.mode, a.path) for a in sent if node.role in a.roles]
+        items.append(Item(MANIFESTS_DIR, 0o755))
+        items += [
+            Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
+            for name in pki_files[node.role]
+        ]
         if node.is_master:
             items += [Item(f"{HOME}/{m.name}", 0o644, m, owner="user") for m in manifests]
         items.append(Item(cluster.user_data_path, 0o644, out / render.user_data_name(node.name)))

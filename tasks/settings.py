@@ -64,7 +64,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "verify": {"timeout": int, "interval": int, "api_url": str, "ui_path": str},
 }
 HOST_KEYS = {"name": str, "address": str, "port": int, "user": str, "key_file": str, "ip": str}
-ARTIFACT_KEYS = {"name": str, "url": str, "dest": str, "mode": str, "sha256": str}
+ARTIFACT_KEYS = {"name": str, "url": str, "dest": str, "mode": str, "sha256": str, "roles": list}
 # Invoke's and Fabric's own top-level keys, which may appear in any config file.
 FRAMEWORK_KEYS = {
     "run",
@@ -158,6 +158,7 @@ class Artifact:
     mode: int
     sha256: str  # pinned digest, lowercase, or ""
     path: Path  # paths.downloads/<name>
+    roles: tuple[str, ...] = ()  # the node roles that get it (`inv copy`): every role of the stack unless given
 
     @property
     def target(self) -> str:
@@ -442,7 +443,16 @@ def mirror(url: str, mirrors: dict[str, str]) -> str:
     return url if prefix is None else mirrors[prefix] + url[len(prefix) :]
 
 
-def _downloads(config: dict, folder: Path) -> Downloads:
+def _roles(key: str, value, stack: Stack) -> tuple[str, ...]:
+    known = list(stack.node_templates)
+    if value is None:
+        return tuple(known)
+    if not value or any(role not in known for role in value):
+        raise ConfigError(key, value, f"a list of node roles among {', '.join(known)} (leave it out for every role)")
+    return tuple(dict.fromkeys(value))
+
+
+def _downloads(config: dict, folder: Path, stack: Stack) -> Downloads:
     dl = config["download"]
     for key in ("parallel", "timeout", "retries"):
         positive(f"download.{key}", dl[key])
@@ -477,6 +487,7 @@ def _downloads(config: dict, folder: Path) -> Downloads:
                 mode=int(mode, 8),
                 sha256=pin.lower(),
                 path=folder / name,
+                roles=_roles(f"{key}.roles", entry.get("roles"), stack),
             )
         )
     return Downloads(
@@ -543,7 +554,7 @@ def build(config, invoke_config=None) -> Project:
         cluster=cluster,
         output_dir=output,
         downloads_dir=downloads,
-        download=_downloads(values, downloads),
+        download=_downloads(values, downloads, stack),
         addons=_addons(values, stack),
         verify=_checks(values),
         values=effective,

@@ -16,13 +16,16 @@ from pathlib import Path
 import pytest
 
 from conftest import ARTIFACTS, SEED_DEFAULTS, project, run_inv, run_inv_on_terminal
-from tasks import copy, pki, render
+from tasks import copy, render
 
 # Runs as root on the node after the cloud-config is in place.
 ACTIVATE = (
     "find /opt /srv /home/core /var/lib/coreos-vagrant -type f | sort"
     " > /var/lib/standin/activated-$(date +%s%N); echo {path} >> /var/lib/standin/activated-path"
 )
+# The seed's roles: what only the master's units (and `inv addons`/`inv verify`) use.
+MASTER_ONLY = {"kubectl", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+MASTER_PKI = ("ca.crt", "server.cert", "server.key", "kubecfg.crt", "kubecfg.key")
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +51,18 @@ def cfg(ssh_nodes, prepared):
 
 
 def expected(config, node: str) -> dict[str, tuple[Path | None, int, str]]:
-    """node path -> (source, mode, owner) of everything `node` must get."""
+    """node path -> (source, mode, owner) of everything `node` must get: the seed's per-role lists."""
     out, downloads = Path(config["paths"]["output"]), Path(config["paths"]["downloads"])
-    files = {f"{a['dest']}/{a['name']}": (downloads / a["name"], 0o755, "root") for a in ARTIFACTS}
+    master = node == "calico-01"
+    files = {
+        f"{a['dest']}/{a['name']}": (downloads / a["name"], 0o755, "root")
+        for a in ARTIFACTS
+        if master or a["name"] not in MASTER_ONLY
+    }
     files["/opt/kubernetes/manifests"] = (None, 0o755, "root")
-    for name in pki.NODE_FILES:
+    for name in MASTER_PKI if master else ():
         files[f"/srv/kubernetes/{name}"] = (out / "pki" / name, 0o600 if name.endswith(".key") else 0o644, "root")
-    if node == "calico-01":
+    if master:
         for m in sorted((out / "manifests").glob("*.yaml")):
             files[f"/home/core/{m.name}"] = (m, 0o644, "core")
     files[config["cluster"]["user_data_path"]] = (out / "nodes" / f"{node}.yaml", 0o644, "root")
@@ -121,6 +129,26 @@ def test_copy_on_a_terminal_shows_each_nodes_bytes(ssh_nodes, cfg, tmp_path):
     assert f"{total / 1000:.1f}/{total / 1000:.1f} kB" in text or f"{total / 1e6:.1f}/{total / 1e6:.1f} MB" in text
 
 
+def test_each_node_gets_what_its_units_read_and_no_more(ssh_nodes, cfg, tmp_path):
+    """Workers get no control-plane binary and no key; every file a node's cloud-config names is there."""
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 0, done.stderr
+    out = Path(cfg["paths"]["output"])
+    for node in ssh_nodes.names:
+        named = set(
+            re.findall(r"/(?:opt/bin|opt/cni/bin|srv/kubernetes)/[\w.-]+", (out / "nodes" / f"{node}.yaml").read_text())
+        )
+        assert named and all(ssh_nodes.path(node, path).is_file() for path in named), node
+        assert not ssh_nodes.path(node, "/srv/kubernetes/ca.key").exists()  # the CA key never leaves the host
+    for worker in ("calico-02", "calico-03"):
+        assert sorted(p.name for p in ssh_nodes.path(worker, "/opt/bin").iterdir()) == sorted(
+            a["name"] for a in ARTIFACTS if a["dest"] == "/opt/bin" and a["name"] not in MASTER_ONLY
+        )
+        assert not ssh_nodes.path(worker, "/srv/kubernetes").exists()
+    assert sorted(p.name for p in ssh_nodes.path("calico-01", "/srv/kubernetes").iterdir()) == sorted(MASTER_PKI)
+    assert MASTER_ONLY <= {p.name for p in ssh_nodes.path("calico-01", "/opt/bin").iterdir()}
+
+
 def test_rerun_uploads_nothing_and_does_not_activate_again(ssh_nodes, cfg, tmp_path):
     assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
     before = {
@@ -156,14 +184,15 @@ def test_without_the_record_of_sums_a_rerun_hashes_on_the_node_and_uploads_nothi
 
 def test_a_changed_file_is_uploaded_with_the_cloud_config_after_it(ssh_nodes, cfg, tmp_path):
     assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
-    # On calico-02 someone loosened a key's mode and replaced kubelet.
-    key = ssh_nodes.path("calico-02", "/srv/kubernetes/server.key")
+    # On calico-01 someone loosened a key's mode, on calico-02 replaced kubelet.
+    key = ssh_nodes.path("calico-01", "/srv/kubernetes/server.key")
     key.chmod(0o644)
     ssh_nodes.path("calico-02", "/opt/bin/kubelet").write_bytes(b"old")
     again = run_inv(tmp_path, "copy", config=cfg)
     assert again.returncode == 0, again.stderr
     table = rows(again.stdout)
-    assert table["calico-02"][:3] == ["3", str(len(expected(cfg, "calico-02")) - 3), "0"]
+    assert table["calico-01"][:3] == ["2", str(len(expected(cfg, "calico-01")) - 2), "0"]
+    assert table["calico-02"][:3] == ["2", str(len(expected(cfg, "calico-02")) - 2), "0"]
     assert table["calico-03"][:3] == ["0", str(len(expected(cfg, "calico-03"))), "0"]
     assert key.stat().st_mode & 0o777 == 0o600
     assert (
@@ -201,18 +230,18 @@ def test_a_stopped_node_is_named_while_the_others_complete(ssh_nodes, cfg, tmp_p
 
 
 def test_a_failed_install_stops_before_the_cloud_config(ssh_nodes, cfg, tmp_path):
-    # A directory where calico-03's kubectl must go: `install` cannot replace it.
-    ssh_nodes.path("calico-03", "/opt/bin/kubectl/x").mkdir(parents=True)
+    # A directory where calico-03's kubelet must go: `install` cannot replace it.
+    ssh_nodes.path("calico-03", "/opt/bin/kubelet/x").mkdir(parents=True)
     done = run_inv(tmp_path, "copy", config=cfg)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert lines[0] == "copy failed on 1 node(s):"
-    assert lines[1].startswith(f"  calico-03 (127.0.0.3:{ssh_nodes.port}): /opt/bin/kubectl: exited 1: install:")
+    assert lines[1].startswith(f"  calico-03 (127.0.0.3:{ssh_nodes.port}): /opt/bin/kubelet: exited 1: install:")
     assert not ssh_nodes.path("calico-03", cfg["cluster"]["user_data_path"]).exists()
     assert not list(ssh_nodes.path("calico-03", "/var/lib/standin").iterdir())
     assert not list(ssh_nodes.path("calico-03", "/home/core").glob(".inv-copy-*"))
     assert ssh_nodes.path("calico-02", cfg["cluster"]["user_data_path"]).exists()
-    # kubectl comes first: nothing after it was installed.
+    # kubelet comes first on a worker: nothing after it was installed.
     assert rows(done.stdout)["calico-03"][:3] == ["0", "0", str(len(expected(cfg, "calico-03")))]
 
 
@@ -294,3 +323,15 @@ def test_needed_compares_content_mode_and_owner():
     assert copy.needed([a, d, h, last], remote, sums, "core") == [a, last]
     assert copy.needed([a, d, h, last], remote, sums, "someone") == [a, h, last]
     assert copy.needed([a, d, h, last], {}, sums, "core") == [a, d, h, last]
+
+
+def test_no_stack_sends_the_ca_key(cfg):
+    """Only the master gets keys, and the CA key stays on the host; a stack listing it is refused."""
+    import dataclasses
+
+    proj = project(cfg)
+    assert copy.pki_names(proj, "node") == []
+    assert copy.pki_names(proj, "master") == list(MASTER_PKI)
+    bad = dataclasses.replace(proj, stack=dataclasses.replace(proj.stack, pki_files={"master": ("ca.crt", "ca.key")}))
+    with pytest.raises(copy.StepError, match=r"stack seed: pki_files of role master lists ca.key: only ca.crt, "):
+        copy.pki_names(bad, "master")
