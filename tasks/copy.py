@@ -7,7 +7,8 @@ stack's `pki_files`): the downloaded binaries (/opt/bin, /opt/cni/bin), the
 directory /opt/kubernetes/manifests, the PKI to /srv/kubernetes (keys 0600),
 the addon manifests to the master's home, and the node's cloud-config LAST at
 cluster.user_data_path, so that its units find their binaries and certificates
-when they start; then cluster.activate_command, if set.
+when they start; then cluster.activate_command, if set. Files other roles get
+that an earlier copy left on a node (a worker's server.key) are removed.
 
 Every file goes to a temporary folder in the user's home first and is put in
 place with `sudo install`, so no final path ever holds half a file. A file whose
@@ -68,6 +69,7 @@ class Report:
     uploaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # files of other roles, from an earlier copy
     error: str = ""
 
 
@@ -121,6 +123,20 @@ def plan(project: Project) -> dict[str, list[Item]]:
         items.append(Item(cluster.user_data_path, 0o644, out / render.user_data_name(node.name)))
         result[node.name] = items
     return result
+
+
+def unused(wanted: dict[str, list[Item]]) -> dict[str, list[str]]:
+    """Node name -> the files other roles get and its own does not (a worker's kube-apiserver, server.key).
+
+    An earlier `inv copy` may have put them there; they go. Only root's files
+    outside the home: the user's own files are none of our business.
+    """
+
+    def sent(items: list[Item]) -> set[str]:
+        return {i.target for i in items if not i.is_dir and i.owner == "root"}
+
+    every = set().union(*(sent(items) for items in wanted.values())) if wanted else set()
+    return {name: sorted(every - sent(items)) for name, items in wanted.items()}
 
 
 def digests(items) -> dict[Path, str]:
@@ -261,11 +277,21 @@ def upload(sftp, source: Path, remote: str, advance=None) -> None:
         raise OSError(f"{remote}: {sent} of {size} bytes arrived")
 
 
-def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False, bars=None, name: str = "") -> Report:
+def copy_to(
+    conn,
+    items: list[Item],
+    sums,
+    activate: str,
+    dry: bool = False,
+    bars=None,
+    name: str = "",
+    extra: list[str] | None = None,
+) -> Report:
     """Bring one node up to date over one SSH connection and one SFTP session.
 
     `sums` is a Future of the local files' sha256s (computed while connecting);
-    `bars`, on a terminal, shows the bytes sent to node `name`.
+    `bars`, on a terminal, shows the bytes sent to node `name`. Those of the
+    files `extra` that are there are removed (see `unused`).
     """
     import secrets
 
@@ -276,7 +302,8 @@ def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False, bar
     items = [
         Item(home + i.target[1:], i.mode, i.source, i.owner) if i.target.startswith(HOME + "/") else i for i in items
     ]
-    remote = parse_check(conn.run(check_command([i.target for i in items], state), hide=True).stdout)
+    extra = extra or []
+    remote = parse_check(conn.run(check_command([i.target for i in items] + extra, state), hide=True).stdout)
     unknown = unhashed(items, remote)
     if unknown:
         for target, found in parse_check(conn.run(hash_command(unknown), hide=True).stdout).items():
@@ -284,9 +311,12 @@ def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False, bar
     sums = sums.result()
     todo = needed(items, remote, sums, user)
     report = Report(unchanged=[i.target for i in items if i not in todo])
+    report.removed = [t for t in extra if remote.get(t, {}).get("kind") in ("regular file", "symbolic link")]
     if dry:
         report.uploaded = [i.target for i in todo]
         return report
+    if report.removed:
+        conn.run(_sudo("rm -f -- " + " ".join(shlex.quote(p) for p in report.removed)), hide=True)
     record = state_lines(items, sums, state)
     if not todo:
         if unknown:  # sums learned the slow way: record them, so the next run needs no sha256sum
@@ -374,11 +404,14 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool =
     if dry:
         _dry_tables(cluster, wanted, activate)
     bars = ui.transfer_bars() if not dry and ui.console().is_terminal else None
+    extra = unused(wanted)
     with ThreadPoolExecutor(max_workers=1) as background, bars or contextlib.nullcontext():
         # Hash the local files while the nodes are reached and checked.
         sums = background.submit(digests, [i for items in wanted.values() for i in items])
         reports, failures = group.attempt(
-            lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name)
+            lambda name, conn: copy_to(
+                conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name, extra=extra[name]
+            )
         )
     rows: list[tuple] = []
     for node in cluster.nodes:
@@ -388,7 +421,10 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool =
         r = reports[node.name]
         if r.error:
             failures[node.name] = Failure(node.name, where(group[node.name]), r.error)
-        rows.append((node.name, len(r.uploaded), len(r.unchanged), len(r.failed), r.error))
+        removed = (
+            f"{'would remove' if dry else 'removed'} {', '.join(r.removed)} (not for its role)" if r.removed else ""
+        )
+        rows.append((node.name, len(r.uploaded), len(r.unchanged), len(r.failed), r.error or removed))
     title = "Would copy (dry run: nothing changed)" if dry else "Copied"
     ui.table(title, ("node", "would upload" if dry else "uploaded", "unchanged", "failed", "detail"), rows)
     if failures:

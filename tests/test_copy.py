@@ -149,6 +149,31 @@ def test_each_node_gets_what_its_units_read_and_no_more(ssh_nodes, cfg, tmp_path
     assert MASTER_ONLY <= {p.name for p in ssh_nodes.path("calico-01", "/opt/bin").iterdir()}
 
 
+def test_files_of_other_roles_left_by_an_earlier_copy_are_removed(ssh_nodes, cfg, tmp_path):
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
+    # What earlier versions put on every node; and a file of the user's own.
+    earlier = ["/opt/bin/kube-apiserver", "/opt/bin/kubectl", "/srv/kubernetes/server.key", "/srv/kubernetes/ca.crt"]
+    for path in earlier:
+        ssh_nodes.path("calico-02", path).parent.mkdir(parents=True, exist_ok=True)
+        ssh_nodes.path("calico-02", path).write_bytes(b"from an earlier copy")
+    ssh_nodes.path("calico-02", "/home/core/skydns.yaml").write_text("the user's own")
+    dry = run_inv(tmp_path, "copy", "--dry", config=cfg)
+    assert dry.returncode == 0, dry.stderr
+    assert rows(dry.stdout)["calico-02"][3] == f"would remove {', '.join(sorted(earlier))} (not for its role)"
+    assert all(ssh_nodes.path("calico-02", path).exists() for path in earlier)
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 0, done.stderr
+    assert rows(done.stdout)["calico-02"] == [
+        "0",
+        str(len(expected(cfg, "calico-02"))),
+        "0",
+        f"removed {', '.join(sorted(earlier))} (not for its role)",
+    ]
+    assert not any(ssh_nodes.path("calico-02", path).exists() for path in earlier)
+    assert ssh_nodes.path("calico-02", "/home/core/skydns.yaml").read_text() == "the user's own"
+    assert rows(done.stdout)["calico-03"][2:] == ["0", ""]
+
+
 def test_rerun_uploads_nothing_and_does_not_activate_again(ssh_nodes, cfg, tmp_path):
     assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
     before = {
