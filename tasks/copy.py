@@ -10,6 +10,9 @@ cluster.user_data_path, so that its units find their binaries and certificates
 when they start; then cluster.activate_command, if set. Files other roles get
 that an earlier copy left on a node (a worker's server.key) are removed.
 
+Before any node is touched, every downloaded file is checked against its pin
+or the lock file: a binary changed since `inv download` is refused.
+
 Every file goes to a temporary folder in the user's home first and is put in
 place with `sudo install`, so no final path ever holds half a file. A file whose
 remote sha256, mode and owner already match is skipped: a re-run uploads
@@ -29,7 +32,7 @@ from invoke import task
 from tasks import settings
 from tasks.errors import StepError, exits
 from tasks.nodes import Failure, NodesFailed, where
-from tasks.settings import Cluster, Project
+from tasks.settings import Artifact, Cluster, Project
 from tasks.ui import last_line
 
 MANIFESTS_DIR = "/opt/kubernetes/manifests"
@@ -49,6 +52,7 @@ class Item:
     mode: int
     source: Path | None = None
     owner: str = "root"  # "user": the SSH user (files in its home)
+    sha256: str = ""  # of source, when already known (downloads, checked against pin or lock)
 
     @property
     def is_dir(self) -> bool:
@@ -87,12 +91,60 @@ def pki_names(project: Project, role: str) -> list[str]:
     return [name for name in pki.NODE_FILES if name in listed]
 
 
+def verified(project: Project, artifacts: list[Artifact]) -> dict[str, str]:
+    """Each downloaded artifact's sha256, checked against its pin or the lock file before anything is sent.
+
+    Hashes are cached as `inv download` caches them (size and times), so
+    unchanged files are not read again. Raises StepError with a line per
+    artifact that differs from its pin or lock entry, or that neither vouches for.
+    """
+    import json
+
+    from tasks import download
+    from tasks.files import write_atomic
+
+    lockfile = project.download.lock_file
+    lock = download.read_lock(lockfile)
+    folder = project.downloads_dir
+    recorded = download.read_cache(folder)
+    cache = dict(recorded)
+    found: dict[str, str] = {}
+    problems, unvouched = [], []
+    for art in artifacts:
+        want, _ = download.wanted(art, lock, False, lockfile.name)
+        if not want:
+            unvouched.append(art.name)
+            continue
+        have = download.local_sha256(art, cache)
+        if have == want:
+            found[art.name] = have
+            continue
+        source = "its pin in download.artifacts" if art.sha256 else f"its entry in {lockfile}"
+        problems.append(
+            f"downloaded file {art.path} cannot be read: run `inv download` again"
+            if have is None
+            else f"downloaded file {art.path} has sha256 {have}, not {want} as {source} says: "
+            f"it changed after download; run `inv download` to fetch it again"
+        )
+    if unvouched:
+        problems.append(
+            f"{', '.join(unvouched)}: neither a sha256 pin in download.artifacts nor an entry in {lockfile}: "
+            f"run `inv download` first"
+        )
+    if cache != recorded and folder.is_dir():
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs hashing again
+            write_atomic(folder / download.CACHE, json.dumps(cache, indent=1).encode())
+    if problems:
+        raise StepError("\n".join(problems))
+    return found
+
+
 def plan(project: Project) -> dict[str, list[Item]]:
     """Node name -> what it gets, in order; the cloud-config is always last.
 
     Each node gets the artifacts and PKI files of its role only. Raises
     StepError, before any node is touched, when a rendered or downloaded file
-    is missing.
+    is missing or a downloaded one does not match its pin or lock entry.
     """
     from tasks import render
 
@@ -110,9 +162,10 @@ def plan(project: Project) -> dict[str, list[Item]]:
     for art in sent:
         if not art.path.is_file():
             raise StepError(f"downloaded file {art.path} is missing: run `inv download` first")
+    sums = verified(project, sent)
     result = {}
     for node in cluster.nodes:
-        items = [Item(a.target, a.mode, a.path) for a in sent if node.role in a.roles]
+        items = [Item(a.target, a.mode, a.path, sha256=sums[a.name]) for a in sent if node.role in a.roles]
         items.append(Item(MANIFESTS_DIR, 0o755))
         items += [
             Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
@@ -140,7 +193,7 @@ def unused(wanted: dict[str, list[Item]]) -> dict[str, list[str]]:
 
 
 def digests(items) -> dict[Path, str]:
-    """sha256 of every source file, each read once, in parallel (hashlib releases the GIL)."""
+    """sha256 of every source file, each read once, in parallel (hashlib releases the GIL); known ones not again."""
     import hashlib
     from concurrent.futures import ThreadPoolExecutor
 
@@ -151,9 +204,10 @@ def digests(items) -> dict[Path, str]:
                 h.update(chunk)
         return h.hexdigest()
 
-    sources = sorted({i.source for i in items if i.source is not None})
+    known = {i.source: i.sha256 for i in items if i.source is not None and i.sha256}
+    sources = sorted({i.source for i in items if i.source is not None} - known.keys())
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(sources, pool.map(one, sources), strict=True))
+        return known | dict(zip(sources, pool.map(one, sources), strict=True))
 
 
 def _sudo(script: str) -> str:
@@ -300,7 +354,8 @@ def copy_to(
     user = conn.user
     state = f"{home}/{STATE}"
     items = [
-        Item(home + i.target[1:], i.mode, i.source, i.owner) if i.target.startswith(HOME + "/") else i for i in items
+        Item(home + i.target[1:], i.mode, i.source, i.owner, i.sha256) if i.target.startswith(HOME + "/") else i
+        for i in items
     ]
     extra = extra or []
     remote = parse_check(conn.run(check_command([i.target for i in items] + extra, state), hide=True).stdout)

@@ -1,13 +1,14 @@
 """`inv copy` against three real OpenSSH nodes (tests/sshnodes.py), through the real `inv`.
 
 The downloaded binaries are stand-ins: small random files under each
-artifact's name (their content is all `copy` looks at). The activation
-command is a stand-in for `coreos-cloudinit --from-file`: it records which
-files exist at the moment it runs.
+artifact's name (their content is all `copy` looks at), recorded in a lock
+file of their own. The activation command is a stand-in for `coreos-cloudinit
+--from-file`: it records which files exist at the moment it runs.
 """
 
 from __future__ import annotations
 
+import copy as copy_module
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ARTIFACTS, SEED_DEFAULTS, project, run_inv, run_inv_on_terminal
+from standin_cluster import lock_downloads
 from tasks import copy, render
 
 # Runs as root on the node after the cloud-config is in place.
@@ -30,7 +32,7 @@ MASTER_PKI = ("ca.crt", "server.cert", "server.key", "kubecfg.crt", "kubecfg.key
 
 @pytest.fixture(scope="module")
 def prepared(ssh_cluster, tmp_path_factory):
-    """Rendered output and stand-in downloads, made once for the module."""
+    """Rendered output and stand-in downloads with their lock file, made once for the module."""
     base = tmp_path_factory.mktemp("copy")
     config = ssh_cluster.make_config(base)
     render.render_all(project(config))
@@ -38,13 +40,16 @@ def prepared(ssh_cluster, tmp_path_factory):
     downloads.mkdir()
     for i, artifact in enumerate(ARTIFACTS):
         (downloads / artifact["name"]).write_bytes(os.urandom(2000 + i))
-    return base
+    lock_downloads(config)
+    return base, config["download"]
 
 
 @pytest.fixture
 def cfg(ssh_nodes, prepared):
+    base, download = prepared
     config = ssh_nodes.config
-    config["paths"] = {"output": str(prepared / "out"), "downloads": str(prepared / "downloads")}
+    config["paths"] = {"output": str(base / "out"), "downloads": str(base / "downloads")}
+    config["download"].update(copy_module.deepcopy(download))
     config["cluster"]["activate_command"] = ACTIVATE
     config["cluster"]["user_data_path"] = SEED_DEFAULTS["cluster"]["user_data_path"]
     return config
@@ -298,6 +303,47 @@ def test_missing_download_says_run_download_and_touches_no_node(ssh_nodes, cfg, 
     done = run_inv(tmp_path, "copy", "--dry", config=cfg)
     assert done.returncode == 1
     assert done.stderr.strip() == f"downloaded file {downloads / 'calico-ipam'} is missing: run `inv download` first"
+    assert all(node_files(ssh_nodes, n) == [] for n in ssh_nodes.names)
+
+
+def test_a_download_changed_since_it_was_locked_is_refused_before_any_node_is_touched(ssh_nodes, cfg, tmp_path):
+    downloads = tmp_path / "downloads"
+    shutil.copytree(cfg["paths"]["downloads"], downloads)
+    cfg["paths"]["downloads"] = str(downloads)
+    (downloads / "kube-proxy").write_bytes(b"a different kube-proxy")
+    locked = project(cfg).download.lock_file
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 1
+    assert re.fullmatch(
+        rf"downloaded file {re.escape(str(downloads / 'kube-proxy'))} has sha256 [0-9a-f]{{64}}, not [0-9a-f]{{64}} "
+        rf"as its entry in {re.escape(str(locked))} says: it changed after download; "
+        r"run `inv download` to fetch it again",
+        done.stderr.strip(),
+    ), done.stderr
+    assert all(node_files(ssh_nodes, n) == [] for n in ssh_nodes.names)
+    # A pin is checked the same way, and wins over the lock.
+    artifacts = cfg["download"]["artifacts"]
+    artifacts[[a["name"] for a in artifacts].index("calico")]["sha256"] = "0" * 64
+    done = run_inv(tmp_path, "copy", "--dry", config=cfg)
+    assert done.returncode == 1
+    assert f"downloaded file {downloads / 'calico'} has sha256 " in done.stderr
+    assert f"not {'0' * 64} as its pin in download.artifacts says" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 2  # kube-proxy and calico, a line each
+
+
+def test_a_download_without_pin_or_lock_entry_is_refused_naming_it(ssh_nodes, cfg, tmp_path):
+    lock = Path(cfg["download"]["lock_file"])
+    kept = [
+        line for line in lock.read_text().splitlines() if "  calico-ipam  " not in line and "  kubelet  " not in line
+    ]
+    cfg["download"]["lock_file"] = str(tmp_path / "downloads.lock")
+    Path(cfg["download"]["lock_file"]).write_text("\n".join(kept) + "\n")
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"kubelet, calico-ipam: neither a sha256 pin in download.artifacts nor an entry in {tmp_path / 'downloads.lock'}: "
+        "run `inv download` first"
+    )
     assert all(node_files(ssh_nodes, n) == [] for n in ssh_nodes.names)
 
 
