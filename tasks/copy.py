@@ -13,17 +13,24 @@ that an earlier copy left on a node (a worker's server.key) are removed.
 Before any node is touched, every downloaded file is checked against its pin
 or the lock file: a binary changed since `inv download` is refused.
 
-Every file goes to a temporary folder in the user's home first and is put in
-place with `sudo install`, so no final path ever holds half a file. A file whose
-remote sha256, mode and owner already match is skipped: a re-run uploads
-nothing. When anything else on a node changed, its cloud-config is installed
-(and activated) again, so units restart onto the new files.
+Every file is uploaded to a temporary folder in the user's home, copied by
+root to a temporary name beside its target (same folder, same filesystem) and
+renamed over it: when the disk fills or the connection drops, the old file is
+still there, whole, with its mode. Temporary names start with `.inv-copy-`;
+they are removed on success, on failure and on Ctrl-C, and what an
+interrupted run left is removed by the next one.
+
+A file whose remote sha256, mode and owner already match is skipped: a re-run
+uploads nothing. When anything else on a node changed, its cloud-config is
+installed (and activated) again, so units restart onto the new files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import shlex
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +38,7 @@ from invoke import task
 
 from tasks import settings
 from tasks.errors import StepError, exits
-from tasks.nodes import Failure, NodesFailed, where
+from tasks.nodes import Failure, NodesFailed, describe, where
 from tasks.settings import Artifact, Cluster, Project
 from tasks.ui import last_line
 
@@ -41,7 +48,17 @@ HOME = "~"  # the SSH user's home, resolved per node over SFTP
 # In the home: each installed file's sha256 with its size, inode and change time,
 # so a re-run need not hash unchanged files again on the node.
 STATE = ".inv-copy.sums"
+# Every temporary name on a node starts so: upload folders in the home, files beside their targets
+# before the rename.
+TEMP = ".inv-copy-"
 REQUEST_SIZE = 255 * 1024  # SFTP write requests: OpenSSH's limit is 256 KiB per message
+
+
+class Interrupted(Exception):
+    """Ctrl-C in the task: a node's copy stops at the next chunk and removes its temporary files."""
+
+    def __str__(self) -> str:
+        return "interrupted"
 
 
 @dataclass(frozen=True)
@@ -214,12 +231,24 @@ def _sudo(script: str) -> str:
     return "sudo -n sh -c " + shlex.quote(script)
 
 
-def check_command(targets: list[str], state: str) -> str:
-    """ONE remote command: mode, owner, type and identity of every target, and the node's record of sums."""
+def _folders(targets) -> list[str]:
+    return sorted({posixpath.dirname(t) for t in targets})
+
+
+def check_command(targets: list[str], state: str, places: list[str]) -> str:
+    """ONE remote command: mode, owner, type and identity of every target, the node's record of sums, and
+    the temporary files an earlier run left in `places` (`left|PATH`)."""
     quoted = " ".join(shlex.quote(t) for t in targets)
+    left = " ".join(f"{shlex.quote(p)}/{TEMP}*" for p in places)
     return _sudo(
-        f"stat -c 'stat|%a|%U|%F|%s|%i|%z|%n' -- {quoted} 2>/dev/null; cat {shlex.quote(state)} 2>/dev/null; true"
+        f"stat -c 'stat|%a|%U|%F|%s|%i|%z|%n' -- {quoted} 2>/dev/null; cat {shlex.quote(state)} 2>/dev/null; "
+        f'for f in {left}; do if [ -e "$f" ] || [ -L "$f" ]; then echo "left|$f"; fi; done; true'
     )
+
+
+def parse_leftovers(text: str) -> list[str]:
+    """The temporary files check_command found."""
+    return [line[5:] for line in text.splitlines() if line.startswith("left|")]
 
 
 def hash_command(targets: list[str]) -> str:
@@ -294,9 +323,22 @@ def needed(items: list[Item], remote: dict[str, dict], sums: dict[Path, str], us
     return stale
 
 
-def install_script(items: list[Item], tmp: str, user: str, activate: str, record: list[str]) -> str:
-    """Root's shell script putting uploaded files in place, in order; prints `done|TARGET` after each."""
-    lines = ["set -e", f"trap 'rm -rf {shlex.quote(tmp)}' EXIT"]
+def install_script(items: list[Item], tmp: str, token: str, user: str, activate: str, record: list[str]) -> str:
+    """Root's shell script putting uploaded files in place, in order; prints `done|TARGET` after each.
+
+    Each file is copied to `.inv-copy-TOKEN-N` beside its target, with its
+    mode and owner, and renamed over it. Whatever way the script ends, its
+    temporary files and the upload folder `tmp` go.
+    """
+    temps = [f"{shlex.quote(p)}/{TEMP}{token}-*" for p in _folders(i.target for i in items if not i.is_dir)]
+    lines = [
+        "set -e",
+        f"cleanup() {{ rm -rf -- {shlex.quote(tmp)} {' '.join(temps)}; }}",
+        "trap cleanup EXIT",
+        "trap 'exit 129' HUP",
+        "trap 'exit 130' INT",
+        "trap 'exit 143' TERM",
+    ]
     for index, item in enumerate(items):
         target = shlex.quote(item.target)
         owner = (
@@ -305,24 +347,29 @@ def install_script(items: list[Item], tmp: str, user: str, activate: str, record
         if item.is_dir:
             lines.append(f"install -d -m {item.mode:04o} {owner} {target}")
         else:
-            lines.append(f"install -D -T -m {item.mode:04o} {owner} {shlex.quote(f'{tmp}/{index}')} {target}")
+            beside = shlex.quote(f"{posixpath.dirname(item.target)}/{TEMP}{token}-{index}")
+            lines.append(f"install -D -T -m {item.mode:04o} {owner} {shlex.quote(f'{tmp}/{index}')} {beside}")
+            lines.append(f"mv -fT {beside} {target}")
         lines.append(f"echo {shlex.quote('done|' + item.target)}")
-    lines += [f"rm -rf {shlex.quote(tmp)}", *record]
+    lines += [f"rm -rf -- {shlex.quote(tmp)}", *record]
     if activate:
         lines += [activate, "echo 'done|activate'"]
     return "\n".join(lines) + "\n"
 
 
-def upload(sftp, source: Path, remote: str, advance=None) -> None:
+def upload(sftp, source: Path, remote: str, advance=None, stop: threading.Event | None = None) -> None:
     """Write `source` to `remote` in pipelined 255 KiB requests, then check the size.
 
     paramiko's `put` sends 32 KiB requests; OpenSSH's sftp-server takes up to
     256 KiB, which makes the copy to several nodes about 1.5 times faster.
+    Raises Interrupted, between two chunks, once `stop` is set.
     """
     with open(source, "rb") as local, sftp.open(remote, "wb") as out:
         out.set_pipelined(True)
         out.MAX_REQUEST_SIZE = REQUEST_SIZE
         while data := local.read(REQUEST_SIZE * 4):
+            if stop is not None and stop.is_set():
+                raise Interrupted()
             out.write(data)
             if advance:
                 advance(len(data))
@@ -339,15 +386,23 @@ def copy_to(
     dry: bool = False,
     bars=None,
     name: str = "",
+    stop: threading.Event | None = None,
     extra: list[str] | None = None,
 ) -> Report:
     """Bring one node up to date over one SSH connection and one SFTP session.
 
     `sums` is a Future of the local files' sha256s (computed while connecting);
-    `bars`, on a terminal, shows the bytes sent to node `name`. Those of the
-    files `extra` that are there are removed (see `unused`).
+    `bars`, on a terminal, shows the bytes sent to node `name`. Once `stop` is
+    set (Ctrl-C), the copy removes its temporary files and raises Interrupted.
+    Those of the files `extra` that are there are removed (see `unused`).
     """
     import secrets
+
+    stop = stop or threading.Event()
+
+    def go_on() -> None:
+        if stop.is_set():
+            raise Interrupted()
 
     sftp = conn.sftp()
     home = sftp.normalize(".")
@@ -358,7 +413,9 @@ def copy_to(
         for i in items
     ]
     extra = extra or []
-    remote = parse_check(conn.run(check_command([i.target for i in items] + extra, state), hide=True).stdout)
+    places = sorted({*_folders(i.target for i in items if not i.is_dir), home})
+    checked = conn.run(check_command([i.target for i in items] + extra, state, places), hide=True).stdout
+    remote, leftovers = parse_check(checked), parse_leftovers(checked)
     unknown = unhashed(items, remote)
     if unknown:
         for target, found in parse_check(conn.run(hash_command(unknown), hide=True).stdout).items():
@@ -370,14 +427,16 @@ def copy_to(
     if dry:
         report.uploaded = [i.target for i in todo]
         return report
-    if report.removed:
-        conn.run(_sudo("rm -f -- " + " ".join(shlex.quote(p) for p in report.removed)), hide=True)
+    go_on()
+    if leftovers or report.removed:  # of a run that was cut short (connection lost, killed); other roles'
+        conn.run(_sudo("rm -rf -- " + " ".join(shlex.quote(p) for p in leftovers + report.removed)), hide=True)
     record = state_lines(items, sums, state)
     if not todo:
         if unknown:  # sums learned the slow way: record them, so the next run needs no sha256sum
             conn.run(_sudo("set -e\n" + "\n".join(record)), hide=True)
         return report
-    tmp = f"{home}/.inv-copy-{secrets.token_hex(6)}"
+    token = secrets.token_hex(6)
+    tmp = f"{home}/{TEMP}{token}"
     sftp.mkdir(tmp, 0o700)
     advance = None
     if bars is not None:
@@ -386,17 +445,30 @@ def copy_to(
         def advance(count: int) -> None:
             bars.advance(bar, count)
 
+    item = todo[0]
     try:
         for index, item in enumerate(todo):
             if not item.is_dir:
-                upload(sftp, item.file, f"{tmp}/{index}", advance)
-    except BaseException:
+                upload(sftp, item.file, f"{tmp}/{index}", advance, stop)
+        go_on()
+    except BaseException as err:
+        import paramiko
+
+        transport = conn.transport
+        lost = isinstance(err, (EOFError, paramiko.SSHException)) or (
+            isinstance(err, OSError) and not (transport and transport.is_active())
+        )
         try:
-            conn.run(f"rm -rf {shlex.quote(tmp)}", hide=True, warn=True)
+            conn.run(f"rm -rf -- {shlex.quote(tmp)}", hide=True, warn=True)
         except Exception:  # the connection itself broke: report the upload's error, not this one's
             pass
+        if lost:
+            raise StepError(
+                f"{item.target}: connection lost during the upload ({describe(err)}); every file on the node "
+                f"is still whole, and the next `inv copy` goes on from there"
+            ) from err
         raise
-    result = conn.run(_sudo(install_script(todo, tmp, user, activate, record)), hide=True, warn=True)
+    result = conn.run(_sudo(install_script(todo, tmp, token, user, activate, record)), hide=True, warn=True)
     done = {line[5:] for line in result.stdout.splitlines() if line.startswith("done|")}
     report.uploaded = [i.target for i in todo if i.target in done]
     report.failed = [i.target for i in todo if i.target not in done]
@@ -459,15 +531,25 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool =
     if dry:
         _dry_tables(cluster, wanted, activate)
     bars = ui.transfer_bars() if not dry and ui.console().is_terminal else None
+    stop = threading.Event()
     extra = unused(wanted)
-    with ThreadPoolExecutor(max_workers=1) as background, bars or contextlib.nullcontext():
+    with ThreadPoolExecutor(max_workers=2) as background, bars or contextlib.nullcontext():
         # Hash the local files while the nodes are reached and checked.
         sums = background.submit(digests, [i for items in wanted.values() for i in items])
-        reports, failures = group.attempt(
+        work = background.submit(
+            group.attempt,
             lambda name, conn: copy_to(
-                conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name, extra=extra[name]
-            )
+                conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name, stop=stop, extra=extra[name]
+            ),
         )
+        try:
+            reports, failures = work.result()
+        except KeyboardInterrupt:
+            # Ctrl-C: each node's copy stops at its next chunk and removes its temporary files; then we stop too.
+            stop.set()
+            ui.progress("interrupted: stopping the copies and removing their temporary files from the nodes")
+            work.result()
+            raise
     rows: list[tuple] = []
     for node in cluster.nodes:
         if node.name in failures:

@@ -12,11 +12,17 @@ import copy as copy_module
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import ARTIFACTS, SEED_DEFAULTS, project, run_inv, run_inv_on_terminal
+from conftest import ARTIFACTS, ROOT, SEED_DEFAULTS, project, run_inv, run_inv_on_terminal
+from sshnodes import MOUNTS
 from standin_cluster import lock_downloads
 from tasks import copy, render
 
@@ -74,6 +80,11 @@ def expected(config, node: str) -> dict[str, tuple[Path | None, int, str]]:
     return files
 
 
+def leftovers(ssh_nodes, node: str) -> list[Path]:
+    """Temporary files of `inv copy` anywhere in the node's folders."""
+    return [p for folder in MOUNTS for p in (ssh_nodes.root(node) / folder).rglob(".inv-copy-*")]
+
+
 def owner(path: Path) -> str:
     import pwd
 
@@ -116,7 +127,7 @@ def test_copy_lands_every_file_with_mode_and_owner_and_activates_last(ssh_nodes,
         )
         user_data = ssh_nodes.path(node, cfg["cluster"]["user_data_path"]).stat().st_mtime_ns
         assert all(ssh_nodes.path(node, t).stat().st_mtime_ns <= user_data for t in want)
-        assert not list(ssh_nodes.path(node, "/home/core").glob(".inv-copy-*"))
+        assert leftovers(ssh_nodes, node) == []
     assert not ssh_nodes.path("calico-02", "/home/core/skydns.yaml").exists()
     table = rows(done.stdout)
     assert table["calico-01"][:3] == [str(len(expected(cfg, "calico-01"))), "0", "0"]
@@ -260,19 +271,140 @@ def test_a_stopped_node_is_named_while_the_others_complete(ssh_nodes, cfg, tmp_p
 
 
 def test_a_failed_install_stops_before_the_cloud_config(ssh_nodes, cfg, tmp_path):
-    # A directory where calico-03's kubelet must go: `install` cannot replace it.
+    # A directory where calico-03's kubelet must go: no file can be renamed over it.
     ssh_nodes.path("calico-03", "/opt/bin/kubelet/x").mkdir(parents=True)
     done = run_inv(tmp_path, "copy", config=cfg)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert lines[0] == "copy failed on 1 node(s):"
-    assert lines[1].startswith(f"  calico-03 (127.0.0.3:{ssh_nodes.port}): /opt/bin/kubelet: exited 1: install:")
+    assert lines[1].startswith(f"  calico-03 (127.0.0.3:{ssh_nodes.port}): /opt/bin/kubelet: exited 1: mv:")
     assert not ssh_nodes.path("calico-03", cfg["cluster"]["user_data_path"]).exists()
     assert not list(ssh_nodes.path("calico-03", "/var/lib/standin").iterdir())
-    assert not list(ssh_nodes.path("calico-03", "/home/core").glob(".inv-copy-*"))
+    assert leftovers(ssh_nodes, "calico-03") == []
     assert ssh_nodes.path("calico-02", cfg["cluster"]["user_data_path"]).exists()
     # kubelet comes first on a worker: nothing after it was installed.
     assert rows(done.stdout)["calico-03"][:3] == ["0", "0", str(len(expected(cfg, "calico-03")))]
+
+
+def test_a_full_disk_leaves_the_old_file_whole_with_its_mode(ssh_nodes, cfg, tmp_path):
+    """The new file is written beside the old one and renamed over it: a full disk stops the copy, not the node."""
+    with ssh_nodes.small_disk("calico-02", "/opt/bin", "64k") as disk:
+        old = disk / "kubelet"
+        old.write_bytes(b"the old kubelet\n")
+        old.chmod(0o750)
+        filler = disk / "filler"
+        with pytest.raises(OSError, match="No space left"), open(filler, "wb") as f:
+            while True:
+                f.write(b"x" * 512)
+                f.flush()
+        done = run_inv(tmp_path, "copy", config=cfg)
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert lines[:1] == ["copy failed on 1 node(s):"]
+        assert re.match(
+            rf"  calico-02 \(127.0.0.2:{ssh_nodes.port}\): /opt/bin/kubelet: exited 1: install: .*No space left",
+            lines[1],
+        ), lines
+        assert (old.read_bytes(), old.stat().st_mode & 0o7777) == (b"the old kubelet\n", 0o750)
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "kubelet"]  # no temporary file left
+        assert leftovers(ssh_nodes, "calico-02") == []
+        assert not ssh_nodes.path("calico-02", cfg["cluster"]["user_data_path"]).exists()
+    assert ssh_nodes.path("calico-03", cfg["cluster"]["user_data_path"]).exists()
+
+
+def big_downloads(cfg, tmp_path: Path, size: int = 256 << 20) -> Path:
+    """The module's downloads with a `size`-byte kubelet (sparse: quick to make), locked: a copy that takes a while."""
+    downloads = tmp_path / "big-downloads"
+    shutil.copytree(cfg["paths"]["downloads"], downloads)
+    with open(downloads / "kubelet", "wb") as f:
+        f.truncate(size)
+    cfg["paths"]["downloads"] = str(downloads)
+    lock_downloads(cfg)
+    return downloads / "kubelet"
+
+
+def inv_copy_process(cfg, tmp_path: Path) -> subprocess.Popen:
+    """A real `inv copy` process, which a test can interrupt."""
+    config_file = tmp_path / "process-config.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-f", str(config_file), "copy"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_upload(ssh_nodes, node: str, proc: subprocess.Popen) -> None:
+    """Until some bytes of an upload arrived in `node`'s temporary folder."""
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size for p in ssh_nodes.path(node, "/home/core").glob(".inv-copy-*/*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no upload started"
+        time.sleep(0.005)
+
+
+def test_a_connection_dropped_mid_copy_leaves_the_old_file_and_the_next_run_cleans_up(ssh_nodes, cfg, tmp_path):
+    kubelet = big_downloads(cfg, tmp_path)
+    old = ssh_nodes.path("calico-02", "/opt/bin/kubelet")
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"the old kubelet\n")
+    old.chmod(0o755)
+    proc = inv_copy_process(cfg, tmp_path)
+    wait_for_upload(ssh_nodes, "calico-02", proc)
+    ssh_nodes.drop("calico-02")  # mid-upload: sshd, the session and its sftp-server all gone at once
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert re.search(
+        r"copy failed on 1 node\(s\):\n  calico-02 \(127.0.0.2:\d+\): /opt/bin/kubelet: connection lost during the upload",
+        stderr,
+    ), stderr
+    assert (old.read_bytes(), old.stat().st_mode & 0o7777) == (b"the old kubelet\n", 0o755)
+    assert leftovers(ssh_nodes, "calico-02")  # nothing on the node could remove them
+    ssh_nodes.start("calico-02")
+    again = run_inv(tmp_path, "copy", config=cfg)
+    assert again.returncode == 0, again.stderr
+    assert leftovers(ssh_nodes, "calico-02") == []
+    assert old.stat().st_size == kubelet.stat().st_size
+    assert rows(again.stdout)["calico-03"][:3] == ["0", str(len(expected(cfg, "calico-03"))), "0"]
+
+
+def test_ctrl_c_removes_the_temporary_files_from_every_node(ssh_nodes, cfg, tmp_path):
+    big_downloads(cfg, tmp_path)
+    proc = inv_copy_process(cfg, tmp_path)
+    wait_for_upload(ssh_nodes, "calico-02", proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert "interrupted: stopping the copies and removing their temporary files from the nodes" in stderr
+    for node in ssh_nodes.names:
+        assert leftovers(ssh_nodes, node) == [], node
+        assert not ssh_nodes.path(node, cfg["cluster"]["user_data_path"]).exists()
+
+
+def test_leftovers_of_an_interrupted_run_are_removed_by_the_next(ssh_nodes, cfg, tmp_path):
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
+    planted = {
+        "calico-01": ["/home/core/.inv-copy-0123456789ab/0", "/srv/kubernetes/.inv-copy-0123456789ab-7"],
+        "calico-02": ["/opt/bin/.inv-copy-0123456789ab-0", "/opt/cni/bin/.inv-copy-0123456789ab-5"],
+        "calico-03": [
+            "/var/lib/coreos-vagrant/.inv-copy-0123456789ab-9",
+            "/home/core/.inv-copy-0123456789ab-2",
+        ],
+    }
+    for node, paths in planted.items():
+        for path in paths:
+            ssh_nodes.path(node, path).parent.mkdir(parents=True, exist_ok=True)
+            ssh_nodes.path(node, path).write_bytes(b"half a file")
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 0, done.stderr
+    assert {n: r[:3] for n, r in rows(done.stdout).items()} == {
+        n: ["0", str(len(expected(cfg, n))), "0"] for n in ssh_nodes.names
+    }
+    for node in ssh_nodes.names:
+        assert leftovers(ssh_nodes, node) == [], node
 
 
 def test_a_missing_addon_manifest_says_run_render(ssh_nodes, cfg, tmp_path):
