@@ -7,8 +7,9 @@ stack's `pki_files`): the downloaded binaries (/opt/bin, /opt/cni/bin), the
 directory /opt/kubernetes/manifests, the PKI to /srv/kubernetes (keys 0600),
 the addon manifests to the master's home, and the node's cloud-config LAST at
 cluster.user_data_path, so that its units find their binaries and certificates
-when they start; then cluster.activate_command, if set. Files other roles get
-that an earlier copy left on a node (a worker's server.key) are removed.
+when they start; then cluster.activate_command, if set, bounded by
+ACTIVATE_TIMEOUT. Files other roles get that an earlier copy left on a node
+(a worker's server.key) are removed.
 
 Before any node is touched, every downloaded file is checked against its pin
 or the lock file: a binary changed since `inv download` is refused.
@@ -21,14 +22,18 @@ they are removed on success, on failure and on Ctrl-C, and what an
 interrupted run left is removed by the next one.
 
 A file whose remote sha256, mode and owner already match is skipped: a re-run
-uploads nothing. When anything else on a node changed, its cloud-config is
-installed (and activated) again, so units restart onto the new files.
+uploads nothing. Root's record of the installed files' sums (and of the last
+activation that succeeded) lives in STATE_DIR, a folder only root can write;
+a damaged record is ignored and every file hashed again. When anything else on
+a node changed, or the last activation did not succeed, its cloud-config is
+installed and activated again, so units restart onto the new files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import posixpath
+import re
 import shlex
 import threading
 from dataclasses import dataclass, field
@@ -45,13 +50,19 @@ from tasks.ui import last_line
 MANIFESTS_DIR = "/opt/kubernetes/manifests"
 PKI_DEST = "/srv/kubernetes"
 HOME = "~"  # the SSH user's home, resolved per node over SFTP
-# In the home: each installed file's sha256 with its size, inode and change time,
-# so a re-run need not hash unchanged files again on the node.
-STATE = ".inv-copy.sums"
+# Root's record: each installed file's sha256 with its size, inode and change time (so a re-run need
+# not hash unchanged files again on the node), and the last activation that succeeded.
+STATE_DIR = "/var/lib/inv"  # 0700 root
+STATE = f"{STATE_DIR}/copy.sums"
 # Every temporary name on a node starts so: upload folders in the home, files beside their targets
-# before the rename.
+# before the rename, the record before its rename.
 TEMP = ".inv-copy-"
+OLD_STATE = (".inv-copy.sums", ".inv-copy.sums.tmp")  # where the record was kept before: the home
+ACTIVATE_TIMEOUT = 600  # seconds cluster.activate_command may run on a node
 REQUEST_SIZE = 255 * 1024  # SFTP write requests: OpenSSH's limit is 256 KiB per message
+SUM_LINE = re.compile(r"sum\|[0-9a-f]{64}\|\d+\|\d+\|[^|]+\|/.*")
+ACTIVATED_LINE = re.compile(r"activated\|[0-9a-f]{64}\|[0-9a-f]{64}")
+HASH_LINE = re.compile(r"([0-9a-f]{64})  (/.*)")
 
 
 class Interrupted(Exception):
@@ -92,6 +103,15 @@ class Report:
     failed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # files of other roles, from an earlier copy
     error: str = ""
+
+
+@dataclass
+class Remote:
+    """What the check found on a node: the targets, the record's activations, leftover temporary files."""
+
+    files: dict[str, dict] = field(default_factory=dict)  # target -> mode, owner, kind, identity, sha256
+    activated: set[str] = field(default_factory=set)
+    leftovers: list[str] = field(default_factory=list)
 
 
 def pki_names(project: Project, role: str) -> list[str]:
@@ -235,20 +255,16 @@ def _folders(targets) -> list[str]:
     return sorted({posixpath.dirname(t) for t in targets})
 
 
-def check_command(targets: list[str], state: str, places: list[str]) -> str:
-    """ONE remote command: mode, owner, type and identity of every target, the node's record of sums, and
-    the temporary files an earlier run left in `places` (`left|PATH`)."""
-    quoted = " ".join(shlex.quote(t) for t in targets)
-    left = " ".join(f"{shlex.quote(p)}/{TEMP}*" for p in places)
+def check_command(targets: list[str], places: list[str], home: str) -> str:
+    """ONE remote command: mode, owner, type and identity of every target and of the record (and its
+    folder), the record itself, and the temporary files an earlier run left in `places` and `home`."""
+    quoted = " ".join(shlex.quote(t) for t in [*targets, STATE_DIR, STATE])
+    left = [f"{shlex.quote(p)}/{TEMP}*" for p in places] + [shlex.quote(f"{home}/{name}") for name in OLD_STATE]
     return _sudo(
-        f"stat -c 'stat|%a|%U|%F|%s|%i|%z|%n' -- {quoted} 2>/dev/null; cat {shlex.quote(state)} 2>/dev/null; "
-        f'for f in {left}; do if [ -e "$f" ] || [ -L "$f" ]; then echo "left|$f"; fi; done; true'
+        f"stat -c 'stat|%a|%U|%F|%s|%i|%z|%n' -- {quoted} 2>/dev/null; "
+        f"[ -L {shlex.quote(STATE)} ] || sed 's/^/record|/' -- {shlex.quote(STATE)} 2>/dev/null; "
+        f'for f in {" ".join(left)}; do if [ -e "$f" ] || [ -L "$f" ]; then echo "left|$f"; fi; done; true'
     )
-
-
-def parse_leftovers(text: str) -> list[str]:
-    """The temporary files check_command found."""
-    return [line[5:] for line in text.splitlines() if line.startswith("left|")]
 
 
 def hash_command(targets: list[str]) -> str:
@@ -256,31 +272,53 @@ def hash_command(targets: list[str]) -> str:
     return _sudo("sha256sum -- " + " ".join(shlex.quote(t) for t in targets) + " 2>/dev/null; true")
 
 
-def parse_check(text: str) -> dict[str, dict]:
-    """Output of check_command or hash_command -> {target: {mode, owner, kind, sha256}}.
+def parse_check(text: str) -> Remote:
+    """Output of check_command -> what is on the node.
 
     A recorded sum counts only while the file's size, inode and change time
     (`%z`: to the nanosecond, in every coreutils) are those recorded: any
     write, chmod or chown changes the change time, and no one can set it back.
+    The record counts only when it is a root-owned file in a 0700 root folder
+    and every line of it reads well: otherwise every file is hashed again.
     """
-    found: dict[str, dict] = {}
-    recorded = []
+    remote = Remote()
+    recorded, activated, damaged = [], set(), False
     for line in text.splitlines():
-        if line.startswith("stat|"):
-            _, mode, owner, kind, size, inode, ctime, target = line.split("|", 7)
-            found.setdefault(target, {}).update(
-                mode=int(mode, 8), owner=owner, kind=kind, identity=(size, inode, ctime)
-            )
-        elif line.startswith("sum|"):
-            _, digest, size, inode, ctime, target = line.split("|", 5)
-            recorded.append((target, digest, (size, inode, ctime)))
-        elif "  " in line:
-            digest, target = line.split("  ", 1)
-            found.setdefault(target, {})["sha256"] = digest
+        kind, _, rest = line.partition("|")
+        if kind == "stat":
+            fields = rest.split("|", 6)
+            if len(fields) == 7:
+                mode, owner, what, size, inode, ctime, target = fields
+                remote.files.setdefault(target, {}).update(
+                    mode=int(mode, 8), owner=owner, kind=what, identity=(size, inode, ctime)
+                )
+        elif kind == "left":
+            remote.leftovers.append(rest)
+        elif kind == "record":
+            if SUM_LINE.fullmatch(rest):
+                _, digest, size, inode, ctime, target = rest.split("|", 5)
+                recorded.append((target, digest, (size, inode, ctime)))
+            elif ACTIVATED_LINE.fullmatch(rest):
+                activated.add(rest)
+            else:
+                damaged = True
+    folder, record = remote.files.pop(STATE_DIR, {}), remote.files.pop(STATE, {})
+    trusted = (folder.get("kind"), folder.get("mode"), folder.get("owner")) == ("directory", 0o700, "root") and (
+        record.get("kind"),
+        record.get("owner"),
+    ) == ("regular file", "root")
+    if damaged or not trusted:
+        return remote
+    remote.activated = activated
     for target, digest, identity in recorded:
-        if target in found and found[target].get("identity") == identity:
-            found[target]["sha256"] = digest
-    return found
+        if target in remote.files and remote.files[target].get("identity") == identity:
+            remote.files[target]["sha256"] = digest
+    return remote
+
+
+def parse_hashes(text: str) -> dict[str, str]:
+    """Output of hash_command -> {target: sha256}."""
+    return {m[2]: m[1] for line in text.splitlines() if (m := HASH_LINE.fullmatch(line))}
 
 
 def unhashed(items: list[Item], remote: dict[str, dict]) -> list[str]:
@@ -292,20 +330,54 @@ def unhashed(items: list[Item], remote: dict[str, dict]) -> list[str]:
     ]
 
 
-def state_lines(items: list[Item], sums: dict[Path, str], state: str) -> list[str]:
-    """Root's commands recording each file's sum with its size, inode and change time."""
-    tmp = shlex.quote(state + ".tmp")
-    lines = [f": > {tmp}"]
+def activation(activate: str, user_data_sum: str) -> str:
+    """The record's line for a successful activation of this command on this cloud-config."""
+    import hashlib
+
+    return f"activated|{hashlib.sha256(activate.encode()).hexdigest()}|{user_data_sum}" if activate else ""
+
+
+def state_lines(items: list[Item], sums: dict[Path, str], token: str, marker: str = "") -> list[str]:
+    """Root's commands recording each file's sum with its size, inode and change time (and `marker`).
+
+    The folder is made (again) a 0700 root directory, never through a
+    symlink; the record is written under a temporary name in it and renamed
+    over the old one (a rename replaces a symlink, never follows it).
+    """
+    folder, tmp = shlex.quote(STATE_DIR), shlex.quote(f"{STATE_DIR}/{TEMP}{token}-record")
+    lines = [
+        f"if [ -L {folder} ] || {{ [ -e {folder} ] && [ ! -d {folder} ]; }}; then rm -f -- {folder}; fi",
+        f"install -d -m 0700 -o root -g root {folder}",
+        f"(set -C; : > {tmp})",
+    ]
     lines += [
         f"stat -c {shlex.quote('sum|' + sums[i.file] + '|%s|%i|%z|%n')} -- {shlex.quote(i.target)} >> {tmp}"
         for i in items
         if not i.is_dir
     ]
-    return lines + [f"mv -f {tmp} {shlex.quote(state)}"]
+    if marker:
+        lines.append(f"echo {shlex.quote(marker)} >> {tmp}")
+    return lines + [f"mv -fT {tmp} {shlex.quote(STATE)}"]
 
 
-def needed(items: list[Item], remote: dict[str, dict], sums: dict[Path, str], user: str) -> list[Item]:
-    """The items whose remote copy is missing or differs in content, mode or owner."""
+def marker_lines(token: str, marker: str) -> list[str]:
+    """Root's commands adding `marker` to the record just written, through a temporary name and a rename."""
+    tmp = shlex.quote(f"{STATE_DIR}/{TEMP}{token}-activated")
+    return [
+        f"(set -C; cat -- {shlex.quote(STATE)} > {tmp})",
+        f"echo {shlex.quote(marker)} >> {tmp}",
+        f"mv -fT {tmp} {shlex.quote(STATE)}",
+    ]
+
+
+def needed(
+    items: list[Item], remote: dict[str, dict], sums: dict[Path, str], user: str, activated: bool = True
+) -> list[Item]:
+    """The items whose remote copy is missing or differs in content, mode or owner.
+
+    The cloud-config (last) also when anything before it is, or when its last
+    activation did not succeed.
+    """
 
     def current(item: Item) -> bool:
         have = remote.get(item.target, {})
@@ -317,20 +389,23 @@ def needed(items: list[Item], remote: dict[str, dict], sums: dict[Path, str], us
         return have.get("sha256") == sums[item.file]
 
     stale = [i for i in items[:-1] if not current(i)]
-    last = items[-1]  # the cloud-config: again whenever anything before it changed
-    if stale or not current(last):
+    last = items[-1]
+    if stale or not current(last) or not activated:
         stale.append(last)
     return stale
 
 
-def install_script(items: list[Item], tmp: str, token: str, user: str, activate: str, record: list[str]) -> str:
+def install_script(
+    items: list[Item], tmp: str, token: str, user: str, activate: str, record: list[str], marker: str = ""
+) -> str:
     """Root's shell script putting uploaded files in place, in order; prints `done|TARGET` after each.
 
     Each file is copied to `.inv-copy-TOKEN-N` beside its target, with its
     mode and owner, and renamed over it. Whatever way the script ends, its
-    temporary files and the upload folder `tmp` go.
+    temporary files and the upload folder `tmp` go. The record is written
+    before the activation, the activation's line only after it succeeded.
     """
-    temps = [f"{shlex.quote(p)}/{TEMP}{token}-*" for p in _folders(i.target for i in items if not i.is_dir)]
+    temps = [f"{shlex.quote(p)}/{TEMP}{token}-*" for p in _folders([*(i.target for i in items if not i.is_dir), STATE])]
     lines = [
         "set -e",
         f"cleanup() {{ rm -rf -- {shlex.quote(tmp)} {' '.join(temps)}; }}",
@@ -353,7 +428,13 @@ def install_script(items: list[Item], tmp: str, token: str, user: str, activate:
         lines.append(f"echo {shlex.quote('done|' + item.target)}")
     lines += [f"rm -rf -- {shlex.quote(tmp)}", *record]
     if activate:
-        lines += [activate, "echo 'done|activate'"]
+        # Its output goes to stderr: stdout is the `done|` protocol. 124 (137 after KILL) is timeout's.
+        lines += [
+            f"if timeout -k 10 {ACTIVATE_TIMEOUT} sh -c {shlex.quote(activate)} >&2; then :; else s=$?; "
+            "if [ $s -eq 124 ] || [ $s -eq 137 ]; then echo 'timeout|activate'; fi; exit $s; fi",
+            *marker_lines(token, marker),
+            "echo 'done|activate'",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -407,35 +488,34 @@ def copy_to(
     sftp = conn.sftp()
     home = sftp.normalize(".")
     user = conn.user
-    state = f"{home}/{STATE}"
     items = [
         Item(home + i.target[1:], i.mode, i.source, i.owner, i.sha256) if i.target.startswith(HOME + "/") else i
         for i in items
     ]
+    places = sorted({*_folders(i.target for i in items if not i.is_dir), home, STATE_DIR})
     extra = extra or []
-    places = sorted({*_folders(i.target for i in items if not i.is_dir), home})
-    checked = conn.run(check_command([i.target for i in items] + extra, state, places), hide=True).stdout
-    remote, leftovers = parse_check(checked), parse_leftovers(checked)
-    unknown = unhashed(items, remote)
+    remote = parse_check(conn.run(check_command([i.target for i in items] + extra, places, home), hide=True).stdout)
+    unknown = unhashed(items, remote.files)
     if unknown:
-        for target, found in parse_check(conn.run(hash_command(unknown), hide=True).stdout).items():
-            remote[target]["sha256"] = found["sha256"]
+        for target, digest in parse_hashes(conn.run(hash_command(unknown), hide=True).stdout).items():
+            remote.files.setdefault(target, {})["sha256"] = digest
     sums = sums.result()
-    todo = needed(items, remote, sums, user)
+    marker = activation(activate, sums[items[-1].file])
+    activated = not marker or marker in remote.activated
+    todo = needed(items, remote.files, sums, user, activated)
     report = Report(unchanged=[i.target for i in items if i not in todo])
-    report.removed = [t for t in extra if remote.get(t, {}).get("kind") in ("regular file", "symbolic link")]
+    report.removed = [t for t in extra if remote.files.get(t, {}).get("kind") in ("regular file", "symbolic link")]
     if dry:
         report.uploaded = [i.target for i in todo]
         return report
     go_on()
-    if leftovers or report.removed:  # of a run that was cut short (connection lost, killed); other roles'
-        conn.run(_sudo("rm -rf -- " + " ".join(shlex.quote(p) for p in leftovers + report.removed)), hide=True)
-    record = state_lines(items, sums, state)
+    if remote.leftovers or report.removed:  # of a run that was cut short (connection lost, killed); other roles'
+        conn.run(_sudo("rm -rf -- " + " ".join(shlex.quote(p) for p in remote.leftovers + report.removed)), hide=True)
+    token = secrets.token_hex(6)
     if not todo:
         if unknown:  # sums learned the slow way: record them, so the next run needs no sha256sum
-            conn.run(_sudo("set -e\n" + "\n".join(record)), hide=True)
+            conn.run(_sudo("set -e\n" + "\n".join(state_lines(items, sums, token, marker))), hide=True)
         return report
-    token = secrets.token_hex(6)
     tmp = f"{home}/{TEMP}{token}"
     sftp.mkdir(tmp, 0o700)
     advance = None
@@ -468,14 +548,22 @@ def copy_to(
                 f"is still whole, and the next `inv copy` goes on from there"
             ) from err
         raise
-    result = conn.run(_sudo(install_script(todo, tmp, token, user, activate, record)), hide=True, warn=True)
-    done = {line[5:] for line in result.stdout.splitlines() if line.startswith("done|")}
+    script = install_script(todo, tmp, token, user, activate, state_lines(items, sums, token), marker)
+    result = conn.run(_sudo(script), hide=True, warn=True)
+    lines = result.stdout.splitlines()
+    done = {line[5:] for line in lines if line.startswith("done|")}
     report.uploaded = [i.target for i in todo if i.target in done]
     report.failed = [i.target for i in todo if i.target not in done]
     if result.failed:
-        last = last_line(result.stderr)
-        where = report.failed[0] if report.failed else "activate_command"
-        report.error = f"{where}: exited {result.exited}: {last}"
+        if report.failed:
+            report.error = f"{report.failed[0]}: exited {result.exited}: {last_line(result.stderr)}"
+        elif "timeout|activate" in lines:
+            report.error = (
+                f"cluster.activate_command timed out after {ACTIVATE_TIMEOUT} s: {activate} "
+                f"(it runs again on the next `inv copy`)"
+            )
+        else:
+            report.error = f"activate_command: exited {result.exited}: {last_line(result.stderr)}"
         if not report.failed:
             report.failed.append("activate_command")
     return report

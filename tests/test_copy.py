@@ -82,7 +82,7 @@ def expected(config, node: str) -> dict[str, tuple[Path | None, int, str]]:
 
 def leftovers(ssh_nodes, node: str) -> list[Path]:
     """Temporary files of `inv copy` anywhere in the node's folders."""
-    return [p for folder in MOUNTS for p in (ssh_nodes.root(node) / folder).rglob(".inv-copy-*")]
+    return [p for folder in MOUNTS for p in (ssh_nodes.root(node) / folder).rglob(".inv-copy*")]
 
 
 def owner(path: Path) -> str:
@@ -117,10 +117,9 @@ def test_copy_lands_every_file_with_mode_and_owner_and_activates_last(ssh_nodes,
             got = ssh_nodes.path(node, target)
             assert (got.stat().st_mode & 0o7777, owner(got)) == (mode, user), (node, target)
             assert got.is_dir() if source is None else got.read_bytes() == source.read_bytes()
-        # The activation saw every file in place (and no temporary ones), the cloud-config included.
+        # The activation saw every file in place and no temporary one, the cloud-config included.
         (marker,) = ssh_nodes.path(node, "/var/lib/standin").glob("activated-[0-9]*")
-        seen = [f for f in marker.read_text().split() if f != f"/home/core/{copy.STATE}"]
-        assert seen == sorted(t for t, (source, _, _) in want.items() if source is not None)
+        assert marker.read_text().split() == sorted(t for t, (source, _, _) in want.items() if source is not None)
         assert (
             ssh_nodes.path(node, "/var/lib/standin/activated-path").read_text()
             == f"{cfg['cluster']['user_data_path']}\n"
@@ -128,21 +127,15 @@ def test_copy_lands_every_file_with_mode_and_owner_and_activates_last(ssh_nodes,
         user_data = ssh_nodes.path(node, cfg["cluster"]["user_data_path"]).stat().st_mtime_ns
         assert all(ssh_nodes.path(node, t).stat().st_mtime_ns <= user_data for t in want)
         assert leftovers(ssh_nodes, node) == []
+        # The record of what is installed: root's, in a folder only root can enter.
+        folder, record = ssh_nodes.path(node, copy.STATE_DIR), ssh_nodes.path(node, copy.STATE)
+        assert (folder.stat().st_mode & 0o7777, owner(folder)) == (0o700, "root")
+        assert owner(record) == "root" and not record.is_symlink()
+        assert not ssh_nodes.path(node, "/home/core/.inv-copy.sums").exists()
     assert not ssh_nodes.path("calico-02", "/home/core/skydns.yaml").exists()
     table = rows(done.stdout)
     assert table["calico-01"][:3] == [str(len(expected(cfg, "calico-01"))), "0", "0"]
     assert table["calico-02"][:3] == [str(len(expected(cfg, "calico-02"))), "0", "0"]
-
-
-def test_copy_on_a_terminal_shows_each_nodes_bytes(ssh_nodes, cfg, tmp_path):
-    code, text = run_inv_on_terminal(tmp_path, "copy", config=cfg)
-    assert code == 0, text
-    total = sum(
-        source.stat().st_size for source, _, _ in (v for v in expected(cfg, "calico-02").values()) if source is not None
-    )
-    for node in ssh_nodes.names:
-        assert re.search(rf"{node}\s+━+ [\d.]+/[\d.]+ [kM]B", text), text
-    assert f"{total / 1000:.1f}/{total / 1000:.1f} kB" in text or f"{total / 1e6:.1f}/{total / 1e6:.1f} MB" in text
 
 
 def test_each_node_gets_what_its_units_read_and_no_more(ssh_nodes, cfg, tmp_path):
@@ -163,6 +156,17 @@ def test_each_node_gets_what_its_units_read_and_no_more(ssh_nodes, cfg, tmp_path
         assert not ssh_nodes.path(worker, "/srv/kubernetes").exists()
     assert sorted(p.name for p in ssh_nodes.path("calico-01", "/srv/kubernetes").iterdir()) == sorted(MASTER_PKI)
     assert MASTER_ONLY <= {p.name for p in ssh_nodes.path("calico-01", "/opt/bin").iterdir()}
+
+
+def test_copy_on_a_terminal_shows_each_nodes_bytes(ssh_nodes, cfg, tmp_path):
+    code, text = run_inv_on_terminal(tmp_path, "copy", config=cfg)
+    assert code == 0, text
+    total = sum(
+        source.stat().st_size for source, _, _ in (v for v in expected(cfg, "calico-02").values()) if source is not None
+    )
+    for node in ssh_nodes.names:
+        assert re.search(rf"{node}\s+━+ [\d.]+/[\d.]+ [kM]B", text), text
+    assert f"{total / 1000:.1f}/{total / 1000:.1f} kB" in text or f"{total / 1e6:.1f}/{total / 1e6:.1f} MB" in text
 
 
 def test_files_of_other_roles_left_by_an_earlier_copy_are_removed(ssh_nodes, cfg, tmp_path):
@@ -208,8 +212,10 @@ def test_rerun_uploads_nothing_and_does_not_activate_again(ssh_nodes, cfg, tmp_p
 
 def test_without_the_record_of_sums_a_rerun_hashes_on_the_node_and_uploads_nothing(ssh_nodes, cfg, tmp_path):
     assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
-    state = ssh_nodes.path("calico-03", f"/home/core/{copy.STATE}")
-    assert len(state.read_text().splitlines()) == len(expected(cfg, "calico-03")) - 1  # files, not the folder
+    state = ssh_nodes.path("calico-03", copy.STATE)
+    lines = state.read_text().splitlines()
+    assert len(lines) == len(expected(cfg, "calico-03"))  # the files (not the folder) and the activation
+    assert lines[-1].startswith("activated|")
     state.unlink()
     # Same size, other bytes: only the sha256 can tell.
     kubectl = ssh_nodes.path("calico-01", "/opt/bin/kubectl")
@@ -217,10 +223,14 @@ def test_without_the_record_of_sums_a_rerun_hashes_on_the_node_and_uploads_nothi
     again = run_inv(tmp_path, "copy", config=cfg)
     assert again.returncode == 0, again.stderr
     table = rows(again.stdout)
-    assert table["calico-03"][:3] == ["0", str(len(expected(cfg, "calico-03"))), "0"]
+    # Without its record, calico-03 cannot tell whether the last activation succeeded: its cloud-config goes again.
+    assert table["calico-03"][:3] == ["1", str(len(expected(cfg, "calico-03")) - 1), "0"]
+    assert table["calico-02"][:3] == ["0", str(len(expected(cfg, "calico-02"))), "0"]
     assert table["calico-01"][:3] == ["2", str(len(expected(cfg, "calico-01")) - 2), "0"]  # kubectl, cloud-config
     assert kubectl.read_bytes() == (Path(cfg["paths"]["downloads"]) / "kubectl").read_bytes()
-    assert state.exists()  # recorded again
+    again_lines = state.read_text().splitlines()
+    # Recorded again: the same files with the same sums (the cloud-config is a new file), and the activation.
+    assert again_lines[:-2] == lines[:-2] and again_lines[-1] == lines[-1]
 
 
 def test_a_changed_file_is_uploaded_with_the_cloud_config_after_it(ssh_nodes, cfg, tmp_path):
@@ -390,8 +400,9 @@ def test_leftovers_of_an_interrupted_run_are_removed_by_the_next(ssh_nodes, cfg,
         "calico-01": ["/home/core/.inv-copy-0123456789ab/0", "/srv/kubernetes/.inv-copy-0123456789ab-7"],
         "calico-02": ["/opt/bin/.inv-copy-0123456789ab-0", "/opt/cni/bin/.inv-copy-0123456789ab-5"],
         "calico-03": [
+            "/var/lib/inv/.inv-copy-0123456789ab-record",
             "/var/lib/coreos-vagrant/.inv-copy-0123456789ab-9",
-            "/home/core/.inv-copy-0123456789ab-2",
+            "/home/core/.inv-copy.sums",  # the record's old place
         ],
     }
     for node, paths in planted.items():
@@ -405,6 +416,104 @@ def test_leftovers_of_an_interrupted_run_are_removed_by_the_next(ssh_nodes, cfg,
     }
     for node in ssh_nodes.names:
         assert leftovers(ssh_nodes, node) == [], node
+
+
+def test_a_damaged_record_is_ignored_and_every_file_hashed_again(ssh_nodes, cfg, tmp_path):
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
+    record = ssh_nodes.path("calico-02", copy.STATE)
+    good = record.read_text()
+    record.write_text(good[: len(good) // 2])  # cut in the middle of a line
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 0, done.stderr
+    # Every file hashed: all current; the activation, no longer on record, again with the cloud-config.
+    assert rows(done.stdout)["calico-02"][:3] == ["1", str(len(expected(cfg, "calico-02")) - 1), "0"]
+    lines = record.read_text().splitlines()
+    assert len(lines) == len(good.splitlines()) and lines[:-2] == good.splitlines()[:-2]  # recorded again
+    assert all(copy.SUM_LINE.fullmatch(line) for line in lines[:-1]) and copy.ACTIVATED_LINE.fullmatch(lines[-1])
+    assert len(list(ssh_nodes.path("calico-02", "/var/lib/standin").glob("activated-[0-9]*"))) == 2
+
+
+def forged_record(ssh_nodes, node: str, cfg, target: str) -> str:
+    """A record vouching that `target`, as it is now on `node`, holds the right file."""
+    path = ssh_nodes.path(node, target)
+    st = path.stat()
+    source = expected(cfg, node)[target][0]
+    import hashlib
+
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    ctime = subprocess.run(["stat", "-c", "%z", str(path)], capture_output=True, text=True, check=True).stdout.strip()
+    return f"sum|{digest}|{st.st_size}|{st.st_ino}|{ctime}|{target}\n"
+
+
+@pytest.mark.parametrize("how", ["symlink", "folder not root's"])
+def test_a_record_root_did_not_write_is_not_believed(ssh_nodes, cfg, tmp_path, how):
+    """The record counts only as a root-owned file in a 0700 root folder: anything else is re-checked and replaced."""
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
+    kubelet = ssh_nodes.path("calico-03", "/opt/bin/kubelet")
+    kubelet.write_bytes(b"x" * kubelet.stat().st_size)  # tampered with, same size
+    forged = forged_record(ssh_nodes, "calico-03", cfg, "/opt/bin/kubelet")
+    record, folder = ssh_nodes.path("calico-03", copy.STATE), ssh_nodes.path("calico-03", copy.STATE_DIR)
+    if how == "symlink":
+        elsewhere = ssh_nodes.path("calico-03", "/home/core/forged")
+        elsewhere.write_text(forged)
+        record.unlink()
+        record.symlink_to("/home/core/forged")
+    else:  # root's file, in a folder others could have written it into
+        import pwd
+
+        core = pwd.getpwnam("core")
+        record.write_text(forged)
+        os.chown(folder, core.pw_uid, core.pw_gid)
+        folder.chmod(0o755)
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 0, done.stderr
+    assert kubelet.read_bytes() == (Path(cfg["paths"]["downloads"]) / "kubelet").read_bytes()
+    assert not record.is_symlink() and owner(record) == "root"
+    assert (folder.stat().st_mode & 0o7777, owner(folder)) == (0o700, "root")
+    assert "sum|" in record.read_text() and forged not in record.read_text()
+    if how == "symlink":
+        assert ssh_nodes.path("calico-03", "/home/core/forged").read_text() == forged  # not written through
+
+
+def test_a_failed_activation_runs_again_on_the_next_copy(ssh_nodes, cfg, tmp_path):
+    cfg["cluster"]["activate_command"] = (
+        "echo x >> /var/lib/standin/activations; test -e /var/lib/standin/ready || { echo not ready >&2; exit 3; }"
+    )
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[1:] == [
+        f"  calico-0{i} (127.0.0.{i}:{ssh_nodes.port}): activate_command: exited 3: not ready" for i in (1, 2, 3)
+    ]
+    # Nothing changed since, yet the activation is due: it runs again (and fails again).
+    again = run_inv(tmp_path, "copy", config=cfg)
+    assert again.returncode == 1
+    assert {n: r[:3] for n, r in rows(again.stdout).items()} == {
+        n: ["1", str(len(expected(cfg, n)) - 1), "1"]
+        for n in ssh_nodes.names  # the cloud-config, then the activation
+    }
+    for node in ssh_nodes.names:
+        ssh_nodes.path(node, "/var/lib/standin/ready").touch()
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0  # done now: not again
+    for node in ssh_nodes.names:
+        assert ssh_nodes.path(node, "/var/lib/standin/activations").read_text() == "x\n" * 3
+
+
+def test_a_hanging_activation_is_stopped_and_named(ssh_nodes, cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(copy, "ACTIVATE_TIMEOUT", 1)
+    cfg["cluster"]["activate_command"] = "sleep 60"
+    started = time.monotonic()
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[1:] == [
+        f"  calico-0{i} (127.0.0.{i}:{ssh_nodes.port}): cluster.activate_command timed out after 1 s: sleep 60 "
+        "(it runs again on the next `inv copy`)"
+        for i in (1, 2, 3)
+    ]
+    for node in ssh_nodes.names:  # every file is in place, the activation not on record
+        assert ssh_nodes.path(node, cfg["cluster"]["user_data_path"]).exists()
+        assert "activated|" not in ssh_nodes.path(node, copy.STATE).read_text()
 
 
 def test_a_missing_addon_manifest_says_run_render(ssh_nodes, cfg, tmp_path):
@@ -500,32 +609,68 @@ def test_plan_puts_the_cloud_config_last_and_manifests_only_on_the_master(cfg):
         }
 
 
+# The record's folder and file as check_command shows them when root wrote them.
+TRUSTED = (
+    "stat|700|root|directory|4096|2|1700000000|/var/lib/inv\n"
+    "stat|644|root|regular file|300|3|1700000000|/var/lib/inv/copy.sums\n"
+)
+STATS = (
+    "stat|755|root|regular file|10|7|1700000000|/opt/bin/a\n"
+    "stat|755|root|directory|4096|8|1700000000|/opt/kubernetes/manifests\n"
+    "stat|644|core|regular file|20|9|1700000000|/home/core/x.yaml\n"
+    "stat|644|root|regular file|30|10|1700000000|/var/lib/coreos-vagrant/vagrantfile-user-data\n"
+)
+RECORD = (
+    f"record|sum|{'1' * 64}|10|7|1700000000|/opt/bin/a\n"
+    f"record|sum|{'2' * 64}|20|9|1700000000|/home/core/x.yaml\n"
+    f"record|sum|{'3' * 64}|30|10|1699999999|/var/lib/coreos-vagrant/vagrantfile-user-data\n"
+    f"record|activated|{'4' * 64}|{'3' * 64}\n"
+)
+
+
 def test_needed_compares_content_mode_and_owner():
     a = copy.Item("/opt/bin/a", 0o755, Path("a"))
     d = copy.Item("/opt/kubernetes/manifests", 0o755)
     h = copy.Item("/home/core/x.yaml", 0o644, Path("x"), owner="user")
     last = copy.Item("/var/lib/coreos-vagrant/vagrantfile-user-data", 0o644, Path("u"))
+    items = [a, d, h, last]
     sums = {Path("a"): "1" * 64, Path("x"): "2" * 64, Path("u"): "3" * 64}
-    text = (
-        "stat|755|root|regular file|10|7|1700000000|/opt/bin/a\n"
-        "stat|755|root|directory|4096|8|1700000000|/opt/kubernetes/manifests\n"
-        "stat|644|core|regular file|20|9|1700000000|/home/core/x.yaml\n"
-        "stat|644|root|regular file|30|10|1700000000|/var/lib/coreos-vagrant/vagrantfile-user-data\n"
-        f"sum|{'1' * 64}|10|7|1700000000|/opt/bin/a\n"
-        f"sum|{'2' * 64}|20|9|1700000000|/home/core/x.yaml\n"
-        f"sum|{'3' * 64}|30|10|1699999999|/var/lib/coreos-vagrant/vagrantfile-user-data\n"
-    )
-    remote = copy.parse_check(text)
+    remote = copy.parse_check(TRUSTED + STATS + RECORD + "left|/opt/bin/.inv-copy-0123456789ab-0\n")
+    assert remote.leftovers == ["/opt/bin/.inv-copy-0123456789ab-0"]
+    assert remote.activated == {f"activated|{'4' * 64}|{'3' * 64}"}
+    files = remote.files
     # The cloud-config changed after its sum was recorded: that sum does not count.
-    assert copy.unhashed([a, d, h, last], remote) == [last.target]
-    assert copy.needed([a, d, h, last], remote, sums, "core") == [last]
-    remote.update(copy.parse_check(f"{'3' * 64}  /var/lib/coreos-vagrant/vagrantfile-user-data\n"))
-    remote[last.target].update(mode=0o644, owner="root")
-    assert copy.needed([a, d, h, last], remote, sums, "core") == []
-    remote["/opt/bin/a"]["mode"] = 0o644
-    assert copy.needed([a, d, h, last], remote, sums, "core") == [a, last]
-    assert copy.needed([a, d, h, last], remote, sums, "someone") == [a, h, last]
-    assert copy.needed([a, d, h, last], {}, sums, "core") == [a, d, h, last]
+    assert copy.unhashed(items, files) == [last.target]
+    assert copy.needed(items, files, sums, "core") == [last]
+    hashed = copy.parse_hashes(f"{'3' * 64}  /var/lib/coreos-vagrant/vagrantfile-user-data\nsha256sum: x: gone\n")
+    assert hashed == {last.target: "3" * 64}
+    files[last.target]["sha256"] = hashed[last.target]
+    assert copy.needed(items, files, sums, "core") == []
+    assert copy.needed(items, files, sums, "core", activated=False) == [last]  # the activation is due again
+    files["/opt/bin/a"]["mode"] = 0o644
+    assert copy.needed(items, files, sums, "core") == [a, last]
+    assert copy.needed(items, files, sums, "someone") == [a, h, last]
+    assert copy.needed(items, {}, sums, "core") == items
+
+
+@pytest.mark.parametrize(
+    "record, trusted",
+    [
+        (TRUSTED + RECORD, True),
+        (TRUSTED + RECORD.replace("|10|7|", "|10|7"), False),  # a damaged line: the whole record goes
+        (TRUSTED + RECORD + f"record|{'1' * 64}  /opt/bin/a\n", False),  # not a line of ours: no sha256sum here
+        (TRUSTED + RECORD + "record|\n", False),
+        (TRUSTED.replace("stat|700|", "stat|755|") + RECORD, False),  # others may enter the folder
+        (TRUSTED.replace("|root|directory|", "|core|directory|") + RECORD, False),
+        (TRUSTED.replace("|root|regular file|", "|core|regular file|") + RECORD, False),
+        (TRUSTED.replace("regular file|300", "symbolic link|300") + RECORD, False),
+        (RECORD, False),  # no folder at all
+    ],
+)
+def test_the_record_counts_only_whole_and_written_by_root(record, trusted):
+    remote = copy.parse_check(STATS + record)
+    assert ("sha256" in remote.files["/opt/bin/a"], bool(remote.activated)) == (trusted, trusted)
+    assert copy.STATE not in remote.files and copy.STATE_DIR not in remote.files
 
 
 def test_no_stack_sends_the_ca_key(cfg):
