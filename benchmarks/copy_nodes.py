@@ -101,7 +101,7 @@ def main() -> None:
             print(f"{'case':<22}{'seconds':>9}{'x 1 node':>10}{'MB/s':>8}{'CPU s':>8}{'CPU-bound floor s':>19}")
             for case in (1, 3, 6, "unchanged"):
                 wall, cpu = times[case]
-                rate = f"{total * case / wall / 1e6:>8.0f}" if case != "unchanged" else f"{'':>8}"
+                rate = f"{sum(sent[case].values()) / wall / 1e6:>8.0f}" if case != "unchanged" else f"{'':>8}"
                 label = f"{case} node(s)" if case != "unchanged" else "3 nodes, unchanged"
                 print(f"{label:<22}{wall:>9.2f}{wall / one:>10.2f}{rate}{cpu:>8.2f}{cpu / cpus:>19.2f}")
             print(
