@@ -3,8 +3,10 @@
     python benchmarks/copy_nodes.py [--runs N]   (default 3; the best of N is kept)
 
 Random files with the sizes of the Kubernetes v1.1.7 / Calico v0.15 artifacts
-(about 210 MB in all) stand in for the downloads; the nodes are real sshd
-processes on 127.0.0.1..6 (tests/sshnodes.py, needs root). Each time is the
+(about 210 MB in all), recorded in a lock file as `inv download` would, stand
+in for the downloads; the nodes are real sshd processes on 127.0.0.1..6
+(tests/sshnodes.py, needs root). The bytes each node of the 3-node cluster
+gets on a cold copy (what its role needs) are printed first. Each time is the
 whole `inv copy` command, as a user runs it. Goals: 3 nodes <= 1.3 x 1 node;
 an unchanged re-run on 3 nodes <= 1.5 s. Everything is removed at the end.
 """
@@ -26,6 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from benchmarks.artifact_sizes import generate  # noqa: E402
 from conftest import ARTIFACTS, project  # noqa: E402
 from sshnodes import SSHNodes  # noqa: E402
+from standin_cluster import lock_downloads  # noqa: E402
 
 
 def busy_seconds() -> float:
@@ -48,6 +51,13 @@ def inv_copy(config_file: Path) -> tuple[float, float]:
     return elapsed, cpu
 
 
+def bytes_per_node(proj) -> dict[str, int]:
+    """Node name -> bytes a cold `inv copy` sends it (its files from copy.plan)."""
+    from tasks import copy
+
+    return {name: sum(i.file.stat().st_size for i in items if not i.is_dir) for name, items in copy.plan(proj).items()}
+
+
 def main() -> None:
     import yaml
 
@@ -61,15 +71,21 @@ def main() -> None:
         with SSHNodes(base / "nodes", count=6) as nodes:
             config = nodes.make_config(base)
             downloads = generate(base / "downloads", [a["name"] for a in ARTIFACTS])
+            lock_downloads(config)  # `inv copy` sends only downloads its lock file vouches for
             total = sum(f.stat().st_size for f in downloads.values())
             print(f"{total / 1e6:.0f} MB of binaries, {os.cpu_count()} CPUs")
-            files = {}
+            files, sent = {}, {}
             for count in (1, 3, 6):
                 config["cluster"]["hosts"] = nodes.hosts()[:count]
                 config["paths"]["output"] = str(base / f"out-{count}")
                 render.render_all(project(config))
                 files[count] = base / f"config-{count}.yaml"
                 files[count].write_text(yaml.safe_dump(config))
+                sent[count] = bytes_per_node(project(config))
+            print("bytes per node on a cold copy to 3 nodes (each gets what its role needs):")
+            for name, size in sent[3].items():
+                print(f"  {name:<12}{size / 1e6:>8.1f} MB")
+            print(f"  {'all':<12}{sum(sent[3].values()) / 1e6:>8.1f} MB")
             nodes.reset()
             inv_copy(files[1])  # warm-up: page cache, Python's bytecode cache
             samples: dict = {1: [], 3: [], 6: [], "unchanged": []}
@@ -85,7 +101,7 @@ def main() -> None:
             print(f"{'case':<22}{'seconds':>9}{'x 1 node':>10}{'MB/s':>8}{'CPU s':>8}{'CPU-bound floor s':>19}")
             for case in (1, 3, 6, "unchanged"):
                 wall, cpu = times[case]
-                rate = f"{total * case / wall / 1e6:>8.0f}" if case != "unchanged" else f"{'':>8}"
+                rate = f"{sum(sent[case].values()) / wall / 1e6:>8.0f}" if case != "unchanged" else f"{'':>8}"
                 label = f"{case} node(s)" if case != "unchanged" else "3 nodes, unchanged"
                 print(f"{label:<22}{wall:>9.2f}{wall / one:>10.2f}{rate}{cpu:>8.2f}{cpu / cpus:>19.2f}")
             print(

@@ -2,23 +2,40 @@
 
 Replaces the seed's NFS synced folder, its key.sh (a CA made on every node)
 and its file provisioners. On all nodes in parallel, over one SFTP session
-each: the downloaded binaries (/opt/bin, /opt/cni/bin), the directory
-/opt/kubernetes/manifests, the PKI to /srv/kubernetes (keys 0600), the addon
-manifests to the master's home, and the node's cloud-config LAST at
+each, what the node's role needs (stack data: an artifact's `roles`, the
+stack's `pki_files`): the downloaded binaries (/opt/bin, /opt/cni/bin), the
+directory /opt/kubernetes/manifests, the PKI to /srv/kubernetes (keys 0600),
+the addon manifests to the master's home, and the node's cloud-config LAST at
 cluster.user_data_path, so that its units find their binaries and certificates
-when they start; then cluster.activate_command, if set.
+when they start; then cluster.activate_command, if set, bounded by
+ACTIVATE_TIMEOUT. Files other roles get that an earlier copy left on a node
+(a worker's server.key) are removed.
 
-Every file goes to a temporary folder in the user's home first and is put in
-place with `sudo install`, so no final path ever holds half a file. A file whose
-remote sha256, mode and owner already match is skipped: a re-run uploads
-nothing. When anything else on a node changed, its cloud-config is installed
-(and activated) again, so units restart onto the new files.
+Before any node is touched, every downloaded file is checked against its pin
+or the lock file: a binary changed since `inv download` is refused.
+
+Every file is uploaded to a temporary folder in the user's home, copied by
+root to a temporary name beside its target (same folder, same filesystem) and
+renamed over it: when the disk fills or the connection drops, the old file is
+still there, whole, with its mode. Temporary names start with `.inv-copy-`;
+they are removed on success, on failure and on Ctrl-C, and what an
+interrupted run left is removed by the next one.
+
+A file whose remote sha256, mode and owner already match is skipped: a re-run
+uploads nothing. Root's record of the installed files' sums (and of the last
+activation that succeeded) lives in STATE_DIR, a folder only root can write;
+a damaged record is ignored and every file hashed again. When anything else on
+a node changed, or the last activation did not succeed, its cloud-config is
+installed and activated again, so units restart onto the new files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import posixpath
+import re
 import shlex
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,17 +43,33 @@ from invoke import task
 
 from tasks import settings
 from tasks.errors import StepError, exits
-from tasks.nodes import Failure, NodesFailed, where
-from tasks.settings import Cluster, Project
+from tasks.nodes import Failure, NodesFailed, describe, where
+from tasks.settings import Artifact, Cluster, Project
 from tasks.ui import last_line
 
 MANIFESTS_DIR = "/opt/kubernetes/manifests"
 PKI_DEST = "/srv/kubernetes"
 HOME = "~"  # the SSH user's home, resolved per node over SFTP
-# In the home: each installed file's sha256 with its size, inode and change time,
-# so a re-run need not hash unchanged files again on the node.
-STATE = ".inv-copy.sums"
+# Root's record: each installed file's sha256 with its size, inode and change time (so a re-run need
+# not hash unchanged files again on the node), and the last activation that succeeded.
+STATE_DIR = "/var/lib/inv"  # 0700 root
+STATE = f"{STATE_DIR}/copy.sums"
+# Every temporary name on a node starts so: upload folders in the home, files beside their targets
+# before the rename, the record before its rename.
+TEMP = ".inv-copy-"
+OLD_STATE = (".inv-copy.sums", ".inv-copy.sums.tmp")  # where the record was kept before: the home
+ACTIVATE_TIMEOUT = 600  # seconds cluster.activate_command may run on a node
 REQUEST_SIZE = 255 * 1024  # SFTP write requests: OpenSSH's limit is 256 KiB per message
+SUM_LINE = re.compile(r"sum\|[0-9a-f]{64}\|\d+\|\d+\|[^|]+\|/.*")
+ACTIVATED_LINE = re.compile(r"activated\|[0-9a-f]{64}\|[0-9a-f]{64}")
+HASH_LINE = re.compile(r"([0-9a-f]{64})  (/.*)")
+
+
+class Interrupted(Exception):
+    """Ctrl-C in the task: a node's copy stops at the next chunk and removes its temporary files."""
+
+    def __str__(self) -> str:
+        return "interrupted"
 
 
 @dataclass(frozen=True)
@@ -47,6 +80,7 @@ class Item:
     mode: int
     source: Path | None = None
     owner: str = "root"  # "user": the SSH user (files in its home)
+    sha256: str = ""  # of source, when already known (downloads, checked against pin or lock)
 
     @property
     def is_dir(self) -> bool:
@@ -67,37 +101,113 @@ class Report:
     uploaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # files of other roles, from an earlier copy
     error: str = ""
+
+
+@dataclass
+class Remote:
+    """What the check found on a node: the targets, the record's activations, leftover temporary files."""
+
+    files: dict[str, dict] = field(default_factory=dict)  # target -> mode, owner, kind, identity, sha256
+    activated: set[str] = field(default_factory=set)
+    leftovers: list[str] = field(default_factory=list)
+
+
+def pki_names(project: Project, role: str) -> list[str]:
+    """The PKI files a role gets, in pki.NODE_FILES order; StepError if the stack lists one that stays home."""
+    from tasks import pki
+
+    listed = project.stack.pki_files.get(role, ())
+    home_only = [name for name in listed if name not in pki.NODE_FILES]
+    if home_only:
+        raise StepError(
+            f"stack {project.stack.name}: pki_files of role {role} lists {', '.join(home_only)}: "
+            f"only {', '.join(pki.NODE_FILES)} leave the host"
+        )
+    return [name for name in pki.NODE_FILES if name in listed]
+
+
+def verified(project: Project, artifacts: list[Artifact]) -> dict[str, str]:
+    """Each downloaded artifact's sha256, checked against its pin or the lock file before anything is sent.
+
+    Hashes are cached as `inv download` caches them (size and times), so
+    unchanged files are not read again. Raises StepError with a line per
+    artifact that differs from its pin or lock entry, or that neither vouches for.
+    """
+    import json
+
+    from tasks import download
+    from tasks.files import write_atomic
+
+    lockfile = project.download.lock_file
+    lock = download.read_lock(lockfile)
+    folder = project.downloads_dir
+    recorded = download.read_cache(folder)
+    cache = dict(recorded)
+    found: dict[str, str] = {}
+    problems, unvouched = [], []
+    for art in artifacts:
+        want = download.wanted(art, lock, lockfile.name).want
+        if not want:
+            unvouched.append(art.name)
+            continue
+        have = download.local_sha256(art, cache)
+        if have is not None and have == want:
+            found[art.name] = have
+            continue
+        source = "its pin in download.artifacts" if art.sha256 else f"its entry in {lockfile}"
+        problems.append(
+            f"downloaded file {art.path} cannot be read: run `inv download` again"
+            if have is None
+            else f"downloaded file {art.path} has sha256 {have}, not {want} as {source} says: "
+            f"it changed after download; run `inv download` to fetch it again"
+        )
+    if unvouched:
+        problems.append(
+            f"{', '.join(unvouched)}: neither a sha256 pin in download.artifacts nor an entry in {lockfile}: "
+            f"run `inv download` first"
+        )
+    if cache != recorded and folder.is_dir():
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs hashing again
+            write_atomic(folder / download.CACHE, json.dumps(cache, indent=1).encode())
+    if problems:
+        raise StepError("\n".join(problems))
+    return found
 
 
 def plan(project: Project) -> dict[str, list[Item]]:
     """Node name -> what it gets, in order; the cloud-config is always last.
 
-    Raises StepError, before any node is touched, when a rendered or downloaded
-    file is missing.
+    Each node gets the artifacts and PKI files of its role only. Raises
+    StepError, before any node is touched, when a rendered or downloaded file
+    is missing or a downloaded one does not match its pin or lock entry.
     """
-    from tasks import pki, render
+    from tasks import render
 
     cluster, out = project.cluster, project.output_dir
+    roles = list(dict.fromkeys(n.role for n in cluster.nodes))
+    pki_files = {role: pki_names(project, role) for role in roles}
     rendered = [out / render.user_data_name(n.name) for n in cluster.nodes]
-    rendered += [out / render.PKI_DIR / name for name in pki.NODE_FILES]
+    rendered += [out / render.PKI_DIR / name for name in dict.fromkeys(n for r in roles for n in pki_files[r])]
     # Exactly the manifests `inv addons` will create, not whatever lies in the folder.
     manifests = [out / "manifests" / name for name in project.addons.manifests]
     for path in rendered + manifests:
         if not path.exists():
             raise StepError(f"{path} is missing: run `inv render` first")
-    common = [Item(a.target, a.mode, a.path) for a in project.download.artifacts]
-    for item in common:
-        if not item.file.is_file():
-            raise StepError(f"downloaded file {item.source} is missing: run `inv download` first")
-    common.append(Item(MANIFESTS_DIR, 0o755))
-    common += [
-        Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
-        for name in pki.NODE_FILES
-    ]
+    sent = [a for a in project.download.artifacts if set(a.roles) & set(roles)]
+    for art in sent:
+        if not art.path.is_file():
+            raise StepError(f"downloaded file {art.path} is missing: run `inv download` first")
+    sums = verified(project, sent)
     result = {}
     for node in cluster.nodes:
-        items = list(common)
+        items = [Item(a.target, a.mode, a.path, sha256=sums[a.name]) for a in sent if node.role in a.roles]
+        items.append(Item(MANIFESTS_DIR, 0o755))
+        items += [
+            Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
+            for name in pki_files[node.role]
+        ]
         if node.is_master:
             items += [Item(f"{HOME}/{m.name}", 0o644, m, owner="user") for m in manifests]
         items.append(Item(cluster.user_data_path, 0o644, out / render.user_data_name(node.name)))
@@ -105,8 +215,22 @@ def plan(project: Project) -> dict[str, list[Item]]:
     return result
 
 
+def unused(wanted: dict[str, list[Item]]) -> dict[str, list[str]]:
+    """Node name -> the files other roles get and its own does not (a worker's kube-apiserver, server.key).
+
+    An earlier `inv copy` may have put them there; they go. Only root's files
+    outside the home: the user's own files are none of our business.
+    """
+
+    def sent(items: list[Item]) -> set[str]:
+        return {i.target for i in items if not i.is_dir and i.owner == "root"}
+
+    every = set().union(*(sent(items) for items in wanted.values())) if wanted else set()
+    return {name: sorted(every - sent(items)) for name, items in wanted.items()}
+
+
 def digests(items) -> dict[Path, str]:
-    """sha256 of every source file, each read once, in parallel (hashlib releases the GIL)."""
+    """sha256 of every source file, each read once, in parallel (hashlib releases the GIL); known ones not again."""
     import hashlib
     from concurrent.futures import ThreadPoolExecutor
 
@@ -117,20 +241,29 @@ def digests(items) -> dict[Path, str]:
                 h.update(chunk)
         return h.hexdigest()
 
-    sources = sorted({i.source for i in items if i.source is not None})
+    known = {i.source: i.sha256 for i in items if i.source is not None and i.sha256}
+    sources = sorted({i.source for i in items if i.source is not None} - known.keys())
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(sources, pool.map(one, sources), strict=True))
+        return known | dict(zip(sources, pool.map(one, sources), strict=True))
 
 
 def _sudo(script: str) -> str:
     return "sudo -n sh -c " + shlex.quote(script)
 
 
-def check_command(targets: list[str], state: str) -> str:
-    """ONE remote command: mode, owner, type and identity of every target, and the node's record of sums."""
-    quoted = " ".join(shlex.quote(t) for t in targets)
+def _folders(targets) -> list[str]:
+    return sorted({posixpath.dirname(t) for t in targets})
+
+
+def check_command(targets: list[str], places: list[str], home: str) -> str:
+    """ONE remote command: mode, owner, type and identity of every target and of the record (and its
+    folder), the record itself, and the temporary files an earlier run left in `places` and `home`."""
+    quoted = " ".join(shlex.quote(t) for t in [*targets, STATE_DIR, STATE])
+    left = [f"{shlex.quote(p)}/{TEMP}*" for p in places] + [shlex.quote(f"{home}/{name}") for name in OLD_STATE]
     return _sudo(
-        f"stat -c 'stat|%a|%U|%F|%s|%i|%z|%n' -- {quoted} 2>/dev/null; cat {shlex.quote(state)} 2>/dev/null; true"
+        f"stat -c 'stat|%a|%U|%F|%s|%i|%z|%n' -- {quoted} 2>/dev/null; "
+        f"[ -L {shlex.quote(STATE)} ] || sed 's/^/record|/' -- {shlex.quote(STATE)} 2>/dev/null; "
+        f'for f in {" ".join(left)}; do if [ -e "$f" ] || [ -L "$f" ]; then echo "left|$f"; fi; done; true'
     )
 
 
@@ -139,31 +272,53 @@ def hash_command(targets: list[str]) -> str:
     return _sudo("sha256sum -- " + " ".join(shlex.quote(t) for t in targets) + " 2>/dev/null; true")
 
 
-def parse_check(text: str) -> dict[str, dict]:
-    """Output of check_command or hash_command -> {target: {mode, owner, kind, sha256}}.
+def parse_check(text: str) -> Remote:
+    """Output of check_command -> what is on the node.
 
     A recorded sum counts only while the file's size, inode and change time
     (`%z`: to the nanosecond, in every coreutils) are those recorded: any
     write, chmod or chown changes the change time, and no one can set it back.
+    The record counts only when it is a root-owned file in a 0700 root folder
+    and every line of it reads well: otherwise every file is hashed again.
     """
-    found: dict[str, dict] = {}
-    recorded = []
+    remote = Remote()
+    recorded, activated, damaged = [], set(), False
     for line in text.splitlines():
-        if line.startswith("stat|"):
-            _, mode, owner, kind, size, inode, ctime, target = line.split("|", 7)
-            found.setdefault(target, {}).update(
-                mode=int(mode, 8), owner=owner, kind=kind, identity=(size, inode, ctime)
-            )
-        elif line.startswith("sum|"):
-            _, digest, size, inode, ctime, target = line.split("|", 5)
-            recorded.append((target, digest, (size, inode, ctime)))
-        elif "  " in line:
-            digest, target = line.split("  ", 1)
-            found.setdefault(target, {})["sha256"] = digest
+        kind, _, rest = line.partition("|")
+        if kind == "stat":
+            fields = rest.split("|", 6)
+            if len(fields) == 7:
+                mode, owner, what, size, inode, ctime, target = fields
+                remote.files.setdefault(target, {}).update(
+                    mode=int(mode, 8), owner=owner, kind=what, identity=(size, inode, ctime)
+                )
+        elif kind == "left":
+            remote.leftovers.append(rest)
+        elif kind == "record":
+            if SUM_LINE.fullmatch(rest):
+                _, digest, size, inode, ctime, target = rest.split("|", 5)
+                recorded.append((target, digest, (size, inode, ctime)))
+            elif ACTIVATED_LINE.fullmatch(rest):
+                activated.add(rest)
+            else:
+                damaged = True
+    folder, record = remote.files.pop(STATE_DIR, {}), remote.files.pop(STATE, {})
+    trusted = (folder.get("kind"), folder.get("mode"), folder.get("owner")) == ("directory", 0o700, "root") and (
+        record.get("kind"),
+        record.get("owner"),
+    ) == ("regular file", "root")
+    if damaged or not trusted:
+        return remote
+    remote.activated = activated
     for target, digest, identity in recorded:
-        if target in found and found[target].get("identity") == identity:
-            found[target]["sha256"] = digest
-    return found
+        if target in remote.files and remote.files[target].get("identity") == identity:
+            remote.files[target]["sha256"] = digest
+    return remote
+
+
+def parse_hashes(text: str) -> dict[str, str]:
+    """Output of hash_command -> {target: sha256}."""
+    return {m[2]: m[1] for line in text.splitlines() if (m := HASH_LINE.fullmatch(line))}
 
 
 def unhashed(items: list[Item], remote: dict[str, dict]) -> list[str]:
@@ -175,20 +330,54 @@ def unhashed(items: list[Item], remote: dict[str, dict]) -> list[str]:
     ]
 
 
-def state_lines(items: list[Item], sums: dict[Path, str], state: str) -> list[str]:
-    """Root's commands recording each file's sum with its size, inode and change time."""
-    tmp = shlex.quote(state + ".tmp")
-    lines = [f": > {tmp}"]
+def activation(activate: str, user_data_sum: str) -> str:
+    """The record's line for a successful activation of this command on this cloud-config."""
+    import hashlib
+
+    return f"activated|{hashlib.sha256(activate.encode()).hexdigest()}|{user_data_sum}" if activate else ""
+
+
+def state_lines(items: list[Item], sums: dict[Path, str], token: str, marker: str = "") -> list[str]:
+    """Root's commands recording each file's sum with its size, inode and change time (and `marker`).
+
+    The folder is made (again) a 0700 root directory, never through a
+    symlink; the record is written under a temporary name in it and renamed
+    over the old one (a rename replaces a symlink, never follows it).
+    """
+    folder, tmp = shlex.quote(STATE_DIR), shlex.quote(f"{STATE_DIR}/{TEMP}{token}-record")
+    lines = [
+        f"if [ -L {folder} ] || {{ [ -e {folder} ] && [ ! -d {folder} ]; }}; then rm -f -- {folder}; fi",
+        f"install -d -m 0700 -o root -g root {folder}",
+        f"(set -C; : > {tmp})",
+    ]
     lines += [
         f"stat -c {shlex.quote('sum|' + sums[i.file] + '|%s|%i|%z|%n')} -- {shlex.quote(i.target)} >> {tmp}"
         for i in items
         if not i.is_dir
     ]
-    return lines + [f"mv -f {tmp} {shlex.quote(state)}"]
+    if marker:
+        lines.append(f"echo {shlex.quote(marker)} >> {tmp}")
+    return lines + [f"mv -fT {tmp} {shlex.quote(STATE)}"]
 
 
-def needed(items: list[Item], remote: dict[str, dict], sums: dict[Path, str], user: str) -> list[Item]:
-    """The items whose remote copy is missing or differs in content, mode or owner."""
+def marker_lines(token: str, marker: str) -> list[str]:
+    """Root's commands adding `marker` to the record just written, through a temporary name and a rename."""
+    tmp = shlex.quote(f"{STATE_DIR}/{TEMP}{token}-activated")
+    return [
+        f"(set -C; cat -- {shlex.quote(STATE)} > {tmp})",
+        f"echo {shlex.quote(marker)} >> {tmp}",
+        f"mv -fT {tmp} {shlex.quote(STATE)}",
+    ]
+
+
+def needed(
+    items: list[Item], remote: dict[str, dict], sums: dict[Path, str], user: str, activated: bool = True
+) -> list[Item]:
+    """The items whose remote copy is missing or differs in content, mode or owner.
+
+    The cloud-config (last) also when anything before it is, or when its last
+    activation did not succeed.
+    """
 
     def current(item: Item) -> bool:
         have = remote.get(item.target, {})
@@ -200,15 +389,31 @@ def needed(items: list[Item], remote: dict[str, dict], sums: dict[Path, str], us
         return have.get("sha256") == sums[item.file]
 
     stale = [i for i in items[:-1] if not current(i)]
-    last = items[-1]  # the cloud-config: again whenever anything before it changed
-    if stale or not current(last):
+    last = items[-1]
+    if stale or not current(last) or not activated:
         stale.append(last)
     return stale
 
 
-def install_script(items: list[Item], tmp: str, user: str, activate: str, record: list[str]) -> str:
-    """Root's shell script putting uploaded files in place, in order; prints `done|TARGET` after each."""
-    lines = ["set -e", f"trap 'rm -rf {shlex.quote(tmp)}' EXIT"]
+def install_script(
+    items: list[Item], tmp: str, token: str, user: str, activate: str, record: list[str], marker: str = ""
+) -> str:
+    """Root's shell script putting uploaded files in place, in order; prints `done|TARGET` after each.
+
+    Each file is copied to `.inv-copy-TOKEN-N` beside its target, with its
+    mode and owner, and renamed over it. Whatever way the script ends, its
+    temporary files and the upload folder `tmp` go. The record is written
+    before the activation, the activation's line only after it succeeded.
+    """
+    temps = [f"{shlex.quote(p)}/{TEMP}{token}-*" for p in _folders([*(i.target for i in items if not i.is_dir), STATE])]
+    lines = [
+        "set -e",
+        f"cleanup() {{ rm -rf -- {shlex.quote(tmp)} {' '.join(temps)}; }}",
+        "trap cleanup EXIT",
+        "trap 'exit 129' HUP",
+        "trap 'exit 130' INT",
+        "trap 'exit 143' TERM",
+    ]
     for index, item in enumerate(items):
         target = shlex.quote(item.target)
         owner = (
@@ -217,24 +422,35 @@ def install_script(items: list[Item], tmp: str, user: str, activate: str, record
         if item.is_dir:
             lines.append(f"install -d -m {item.mode:04o} {owner} {target}")
         else:
-            lines.append(f"install -D -T -m {item.mode:04o} {owner} {shlex.quote(f'{tmp}/{index}')} {target}")
+            beside = shlex.quote(f"{posixpath.dirname(item.target)}/{TEMP}{token}-{index}")
+            lines.append(f"install -D -T -m {item.mode:04o} {owner} {shlex.quote(f'{tmp}/{index}')} {beside}")
+            lines.append(f"mv -fT {beside} {target}")
         lines.append(f"echo {shlex.quote('done|' + item.target)}")
-    lines += [f"rm -rf {shlex.quote(tmp)}", *record]
+    lines += [f"rm -rf -- {shlex.quote(tmp)}", *record]
     if activate:
-        lines += [activate, "echo 'done|activate'"]
+        # Its output goes to stderr: stdout is the `done|` protocol. 124 (137 after KILL) is timeout's.
+        lines += [
+            f"if timeout -k 10 {ACTIVATE_TIMEOUT} sh -c {shlex.quote(activate)} >&2; then :; else s=$?; "
+            "if [ $s -eq 124 ] || [ $s -eq 137 ]; then echo 'timeout|activate'; fi; exit $s; fi",
+            *marker_lines(token, marker),
+            "echo 'done|activate'",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def upload(sftp, source: Path, remote: str, advance=None) -> None:
+def upload(sftp, source: Path, remote: str, advance=None, stop: threading.Event | None = None) -> None:
     """Write `source` to `remote` in pipelined 255 KiB requests, then check the size.
 
     paramiko's `put` sends 32 KiB requests; OpenSSH's sftp-server takes up to
     256 KiB, which makes the copy to several nodes about 1.5 times faster.
+    Raises Interrupted, between two chunks, once `stop` is set.
     """
     with open(source, "rb") as local, sftp.open(remote, "wb") as out:
         out.set_pipelined(True)
         out.MAX_REQUEST_SIZE = REQUEST_SIZE
         while data := local.read(REQUEST_SIZE * 4):
+            if stop is not None and stop.is_set():
+                raise Interrupted()
             out.write(data)
             if advance:
                 advance(len(data))
@@ -243,38 +459,64 @@ def upload(sftp, source: Path, remote: str, advance=None) -> None:
         raise OSError(f"{remote}: {sent} of {size} bytes arrived")
 
 
-def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False, bars=None, name: str = "") -> Report:
+def copy_to(
+    conn,
+    items: list[Item],
+    sums,
+    activate: str,
+    dry: bool = False,
+    bars=None,
+    name: str = "",
+    stop: threading.Event | None = None,
+    extra: list[str] | None = None,
+) -> Report:
     """Bring one node up to date over one SSH connection and one SFTP session.
 
     `sums` is a Future of the local files' sha256s (computed while connecting);
-    `bars`, on a terminal, shows the bytes sent to node `name`.
+    `bars`, on a terminal, shows the bytes sent to node `name`. Once `stop` is
+    set (Ctrl-C), the copy removes its temporary files and raises Interrupted.
+    Those of the files `extra` that are there are removed (see `unused`).
     """
     import secrets
+
+    stop = stop or threading.Event()
+
+    def go_on() -> None:
+        if stop.is_set():
+            raise Interrupted()
 
     sftp = conn.sftp()
     home = sftp.normalize(".")
     user = conn.user
-    state = f"{home}/{STATE}"
     items = [
-        Item(home + i.target[1:], i.mode, i.source, i.owner) if i.target.startswith(HOME + "/") else i for i in items
+        Item(home + i.target[1:], i.mode, i.source, i.owner, i.sha256) if i.target.startswith(HOME + "/") else i
+        for i in items
     ]
-    remote = parse_check(conn.run(check_command([i.target for i in items], state), hide=True).stdout)
-    unknown = unhashed(items, remote)
+    places = sorted({*_folders(i.target for i in items if not i.is_dir), home, STATE_DIR})
+    extra = extra or []
+    remote = parse_check(conn.run(check_command([i.target for i in items] + extra, places, home), hide=True).stdout)
+    unknown = unhashed(items, remote.files)
     if unknown:
-        for target, found in parse_check(conn.run(hash_command(unknown), hide=True).stdout).items():
-            remote[target]["sha256"] = found["sha256"]
+        for target, digest in parse_hashes(conn.run(hash_command(unknown), hide=True).stdout).items():
+            remote.files.setdefault(target, {})["sha256"] = digest
     sums = sums.result()
-    todo = needed(items, remote, sums, user)
+    marker = activation(activate, sums[items[-1].file])
+    activated = not marker or marker in remote.activated
+    todo = needed(items, remote.files, sums, user, activated)
     report = Report(unchanged=[i.target for i in items if i not in todo])
+    report.removed = [t for t in extra if remote.files.get(t, {}).get("kind") in ("regular file", "symbolic link")]
     if dry:
         report.uploaded = [i.target for i in todo]
         return report
-    record = state_lines(items, sums, state)
+    go_on()
+    if remote.leftovers or report.removed:  # of a run that was cut short (connection lost, killed); other roles'
+        conn.run(_sudo("rm -rf -- " + " ".join(shlex.quote(p) for p in remote.leftovers + report.removed)), hide=True)
+    token = secrets.token_hex(6)
     if not todo:
         if unknown:  # sums learned the slow way: record them, so the next run needs no sha256sum
-            conn.run(_sudo("set -e\n" + "\n".join(record)), hide=True)
+            conn.run(_sudo("set -e\n" + "\n".join(state_lines(items, sums, token, marker))), hide=True)
         return report
-    tmp = f"{home}/.inv-copy-{secrets.token_hex(6)}"
+    tmp = f"{home}/{TEMP}{token}"
     sftp.mkdir(tmp, 0o700)
     advance = None
     if bars is not None:
@@ -283,24 +525,45 @@ def copy_to(conn, items: list[Item], sums, activate: str, dry: bool = False, bar
         def advance(count: int) -> None:
             bars.advance(bar, count)
 
+    item = todo[0]
     try:
         for index, item in enumerate(todo):
             if not item.is_dir:
-                upload(sftp, item.file, f"{tmp}/{index}", advance)
-    except BaseException:
+                upload(sftp, item.file, f"{tmp}/{index}", advance, stop)
+        go_on()
+    except BaseException as err:
+        import paramiko
+
+        transport = conn.transport
+        lost = isinstance(err, (EOFError, paramiko.SSHException)) or (
+            isinstance(err, OSError) and not (transport and transport.is_active())
+        )
         try:
-            conn.run(f"rm -rf {shlex.quote(tmp)}", hide=True, warn=True)
+            conn.run(f"rm -rf -- {shlex.quote(tmp)}", hide=True, warn=True)
         except Exception:  # the connection itself broke: report the upload's error, not this one's
             pass
+        if lost:
+            raise StepError(
+                f"{item.target}: connection lost during the upload ({describe(err)}); every file on the node "
+                f"is still whole, and the next `inv copy` goes on from there"
+            ) from err
         raise
-    result = conn.run(_sudo(install_script(todo, tmp, user, activate, record)), hide=True, warn=True)
-    done = {line[5:] for line in result.stdout.splitlines() if line.startswith("done|")}
+    script = install_script(todo, tmp, token, user, activate, state_lines(items, sums, token), marker)
+    result = conn.run(_sudo(script), hide=True, warn=True)
+    lines = result.stdout.splitlines()
+    done = {line[5:] for line in lines if line.startswith("done|")}
     report.uploaded = [i.target for i in todo if i.target in done]
     report.failed = [i.target for i in todo if i.target not in done]
     if result.failed:
-        last = last_line(result.stderr)
-        where = report.failed[0] if report.failed else "activate_command"
-        report.error = f"{where}: exited {result.exited}: {last}"
+        if report.failed:
+            report.error = f"{report.failed[0]}: exited {result.exited}: {last_line(result.stderr)}"
+        elif "timeout|activate" in lines:
+            report.error = (
+                f"cluster.activate_command timed out after {ACTIVATE_TIMEOUT} s: {activate} "
+                f"(it runs again on the next `inv copy`)"
+            )
+        else:
+            report.error = f"activate_command: exited {result.exited}: {last_line(result.stderr)}"
         if not report.failed:
             report.failed.append("activate_command")
     return report
@@ -356,12 +619,25 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool =
     if dry:
         _dry_tables(cluster, wanted, activate)
     bars = ui.transfer_bars() if not dry and ui.console().is_terminal else None
-    with ThreadPoolExecutor(max_workers=1) as background, bars or contextlib.nullcontext():
+    stop = threading.Event()
+    extra = unused(wanted)
+    with ThreadPoolExecutor(max_workers=2) as background, bars or contextlib.nullcontext():
         # Hash the local files while the nodes are reached and checked.
         sums = background.submit(digests, [i for items in wanted.values() for i in items])
-        reports, failures = group.attempt(
-            lambda name, conn: copy_to(conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name)
+        work = background.submit(
+            group.attempt,
+            lambda name, conn: copy_to(
+                conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name, stop=stop, extra=extra[name]
+            ),
         )
+        try:
+            reports, failures = work.result()
+        except KeyboardInterrupt:
+            # Ctrl-C: each node's copy stops at its next chunk and removes its temporary files; then we stop too.
+            stop.set()
+            ui.progress("interrupted: stopping the copies and removing their temporary files from the nodes")
+            work.result()
+            raise
     rows: list[tuple] = []
     for node in cluster.nodes:
         if node.name in failures:
@@ -370,7 +646,10 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool =
         r = reports[node.name]
         if r.error:
             failures[node.name] = Failure(node.name, where(group[node.name]), r.error)
-        rows.append((node.name, len(r.uploaded), len(r.unchanged), len(r.failed), r.error))
+        removed = (
+            f"{'would remove' if dry else 'removed'} {', '.join(r.removed)} (not for its role)" if r.removed else ""
+        )
+        rows.append((node.name, len(r.uploaded), len(r.unchanged), len(r.failed), r.error or removed))
     title = "Would copy (dry run: nothing changed)" if dry else "Copied"
     ui.table(title, ("node", "would upload" if dry else "uploaded", "unchanged", "failed", "detail"), rows)
     if failures:

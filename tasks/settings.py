@@ -68,7 +68,7 @@ SCHEMA: dict[str, dict[str, type]] = {
 # cluster.host_key_policy: how SSH host keys of the nodes are checked (tasks/nodes.py).
 HOST_KEY_POLICIES = ("accept-new", "strict", "off")
 HOST_KEYS = {"name": str, "address": str, "port": int, "user": str, "key_file": str, "ip": str}
-ARTIFACT_KEYS = {"name": str, "url": str, "dest": str, "mode": str, "sha256": str}
+ARTIFACT_KEYS = {"name": str, "url": str, "dest": str, "mode": str, "sha256": str, "roles": list}
 # Invoke's and Fabric's own top-level keys, which may appear in any config file.
 FRAMEWORK_KEYS = {
     "run",
@@ -169,6 +169,7 @@ class Artifact:
     mode: int
     sha256: str  # pinned digest, lowercase, or ""
     path: Path  # paths.downloads/<name>
+    roles: tuple[str, ...] = ()  # the node roles that get it (`inv copy`): every role of the stack unless given
 
     @property
     def target(self) -> str:
@@ -476,7 +477,16 @@ def _https_only(key: str, value: str, upstream: str, mirrors: dict[str, str]) ->
     raise ConfigError(f"download.mirrors[{prefix!r}]", mirrors[prefix], expected.format("replacement URL prefix"))
 
 
-def _downloads(config: dict, folder: Path) -> Downloads:
+def _roles(key: str, value, stack: Stack) -> tuple[str, ...]:
+    known = list(stack.node_templates)
+    if value is None:
+        return tuple(known)
+    if not value or any(role not in known for role in value):
+        raise ConfigError(key, value, f"a list of node roles among {', '.join(known)} (leave it out for every role)")
+    return tuple(dict.fromkeys(value))
+
+
+def _downloads(config: dict, folder: Path, stack: Stack) -> Downloads:
     dl = config["download"]
     for key in ("parallel", "timeout", "retries"):
         positive(f"download.{key}", dl[key])
@@ -515,6 +525,7 @@ def _downloads(config: dict, folder: Path) -> Downloads:
                 mode=int(mode, 8),
                 sha256=pin.lower(),
                 path=folder / name,
+                roles=_roles(f"{key}.roles", entry.get("roles"), stack),
             )
         )
     return Downloads(
@@ -589,7 +600,7 @@ def build(config, invoke_config=None) -> Project:
         cluster=cluster,
         output_dir=output,
         downloads_dir=downloads,
-        download=_downloads(values, downloads),
+        download=_downloads(values, downloads, stack),
         addons=_addons(values, stack),
         verify=_checks(values),
         values=effective,

@@ -1,9 +1,10 @@
 """Stacks: the software a cluster runs, as data (tasks/stacks/<name>.yaml).
 
 A stack gives the defaults of the settings invoke.yaml leaves null, the
-folders of its templates and addon manifests, and which template each node
-role gets. `apply` fills a configuration with a stack's defaults and refuses a
-setting that only other stacks use.
+folders of its templates and addon manifests, which template each node role
+gets and which certificates and keys each role's units read. `apply` fills a
+configuration with a stack's defaults and refuses a setting that only other
+stacks use.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Stack:
     node_templates: dict = field(hash=False)  # role -> template
     cluster_templates: dict = field(hash=False)  # output file name -> template
     defaults: dict = field(hash=False)  # section -> key -> value
+    # role -> the rendered PKI files (names in <output>/pki) that role's units read; `inv copy` sends only those
+    pki_files: dict = field(default_factory=dict, hash=False)
 
     def manifest_names(self) -> list[str]:
         return sorted(p.name for p in self.manifests.glob("*.yaml"))
@@ -51,6 +54,7 @@ def load(name: str) -> Stack:
         node_templates=data["node_templates"],
         cluster_templates=data["cluster_templates"],
         defaults=data["defaults"],
+        pki_files={role: tuple(files or ()) for role, files in (data.get("pki_files") or {}).items()},
     )
 
 

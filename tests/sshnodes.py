@@ -9,6 +9,7 @@ Usage (tests/conftest.py imports the fixture, so any test file just asks for it)
         ssh_nodes.stop("calico-02"); ...; ssh_nodes.start("calico-02")
         ssh_nodes.host_key("calico-02")          # its host public key: "ssh-ed25519 AAAA..."
         ssh_nodes.new_host_key("calico-02")      # a reinstalled machine: a new host key, sshd restarted
+        ssh_nodes.drop("calico-02")              # as if it lost power: every process of the node killed
 
 `ssh_nodes` is function-scoped over one session-wide set of sshd processes:
 before each test every node's filesystem is emptied and every stopped sshd is
@@ -27,8 +28,11 @@ folders of `.root(name)`:
     root/home-core                -> /home/core   (owned by core)
     root/var-lib-coreos-vagrant   -> /var/lib/coreos-vagrant
     root/var-lib-standin          -> /var/lib/standin   (state of stand-in programs)
+    root/var-lib-inv              -> /var/lib/inv   (root's record of what `inv copy` installed)
     root/hosts                    -> /etc/hosts   (names the node, so sudo resolves it)
 
+The binds are recursive: a filesystem mounted inside one of these folders
+before the node starts is the node's too (`.small_disk(name, path)`).
 Everything else (/tmp, /usr, /etc) is this machine's. The user is `core`
 (created if missing, password login impossible, passwordless sudo), as on
 CoreOS. Needs root, `unshare` (util-linux) and the Debian packages
@@ -38,6 +42,7 @@ empty on this machine if missing and left there: other sessions may be using the
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import random
@@ -61,6 +66,7 @@ MOUNTS = {
     "home-core": "/home/core",
     "var-lib-coreos-vagrant": "/var/lib/coreos-vagrant",
     "var-lib-standin": "/var/lib/standin",
+    "var-lib-inv": "/var/lib/inv",
 }
 HOSTS_FILE = "hosts"
 
@@ -260,7 +266,7 @@ class SSHNodes:
         os.chown(self.root(name) / "home-core", user.pw_uid, user.pw_gid)
 
     def _spawn(self, name: str) -> None:
-        binds = [f"mount --bind {self.root(name) / folder} {mount}" for folder, mount in MOUNTS.items()]
+        binds = [f"mount --rbind {self.root(name) / folder} {mount}" for folder, mount in MOUNTS.items()]
         binds.append(f"mount --bind {self.root(name) / HOSTS_FILE} /etc/hosts")
         script = NAMESPACE_SCRIPT.format(mounts=" && ".join(binds))
         log = open(self.dir(name) / "sshd.log", "ab")
@@ -315,6 +321,48 @@ class SSHNodes:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+    def drop(self, name: str) -> None:
+        """Kill every process of node `name` at once (its sshd, its sessions, the commands they run), as a
+        machine that loses power or network does; `stop` ends only the listening sshd. `start` brings it back."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        namespace = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+        proc.kill()  # first the listener: no new session can start while the others are killed
+        proc.wait()
+        while True:
+            killed = 0
+            for entry in Path("/proc").iterdir():
+                try:
+                    if entry.name.isdigit() and os.readlink(entry / "ns" / "mnt") == namespace:
+                        os.kill(int(entry.name), signal.SIGKILL)
+                        killed += 1
+                except (FileNotFoundError, ProcessLookupError, PermissionError):
+                    continue  # ended meanwhile
+            if not killed:  # a session may have forked while we looked: look again until none is left
+                return
+            time.sleep(0.01)
+
+    @contextlib.contextmanager
+    def small_disk(self, name: str, node_path: str, size: str = "64k"):
+        """A tmpfs of `size` at `node_path` (inside a node folder) on node `name`, for a disk that fills up.
+
+        Mounted on this machine and seen by the node, restarted for it; its files
+        are at `.path(name, node_path)` as usual. Unmounted at the end, and the
+        node restarted without it.
+        """
+        host = self.path(name, node_path)
+        host.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(host)], check=True)
+        try:
+            self.stop(name)
+            self.start(name)
+            yield host
+        finally:
+            subprocess.run(["umount", "--lazy", str(host)], check=True)
+            self.stop(name)
+            self.start(name)
 
     def start(self, name: str) -> None:
         """Start node `name`'s sshd again (no-op when running) and wait until it answers."""

@@ -11,6 +11,7 @@ loopback HTTP server in the test process (`UIServer`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -27,7 +28,7 @@ UI_PATH = "/api/v1/proxy/namespaces/kube-system/services/kube-ui/"
 
 
 def prepare(config: dict) -> None:
-    """Rendered output, and downloads where kubectl and calicoctl are the stand-ins."""
+    """Rendered output, and downloads where kubectl and calicoctl are the stand-ins, with their lock file."""
     render.render_all(project(config))
     downloads = project(config).downloads_dir
     downloads.mkdir(parents=True, exist_ok=True)
@@ -37,6 +38,35 @@ def prepare(config: dict) -> None:
             shutil.copyfile(STANDINS / name, downloads / name)
         else:
             (downloads / name).write_bytes(b"stand-in " + name.encode())
+    lock_downloads(config)
+
+
+def lock_downloads(config: dict) -> Path:
+    """Record the files in paths.downloads in a lock file beside that folder, as `inv download` does.
+
+    `inv copy` sends only downloads that match their pin or lock entry, so
+    stand-in downloads need a lock of their own: `config` is changed to use it
+    (download.lock_file) and to pin nothing (the seed pins one real file).
+    """
+    from conftest import ARTIFACTS
+    from tasks import download
+
+    section = config.setdefault("download", {})
+    section["artifacts"] = [dict(a, sha256="") for a in section.get("artifacts") or ARTIFACTS]
+    downloads = project(config).downloads_dir
+    lock = downloads.with_name(downloads.name + ".lock")
+    section["lock_file"] = str(lock)
+    entries = {a.name: download.Locked(sha256(a.path), a.upstream) for a in project(config).download.artifacts}
+    lock.write_text(download.format_lock(entries))
+    return lock
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def give_state_folders(nodes) -> None:

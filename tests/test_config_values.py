@@ -249,6 +249,14 @@ CASES = [
     case(artifact(9, sha256="abc"), "download.artifacts[9].sha256", "abc", "64 hexadecimal digits"),
     case(artifact(0, sha256="g" * 64), "download.artifacts[0].sha256", "g" * 64, "64 hexadecimal digits"),
     case(artifact(9, sha256="ab" * 31 + "a"), "download.artifacts[9].sha256", "ab" * 31 + "a", "64 hexadecimal digits"),
+    case(artifact(3, roles="master"), "download.artifacts[3].roles", "master", "a list"),
+    case(
+        artifact(3, roles=["worker"]),
+        "download.artifacts[3].roles",
+        ["worker"],
+        "a list of node roles among master, node",
+    ),
+    case(artifact(1, roles=[]), "download.artifacts[1].roles", [], "a list of node roles among master, node"),
     # --- addons ---
     case({"addons": {"manifests": ["skydns.yaml", "nope.yaml"]}}, "addons.manifests[", "nope.yaml", "one of"),
     case({"addons": {"manifests": ["../../etc/passwd"]}}, "addons.manifests[", "../../etc/passwd", "one of"),

@@ -70,10 +70,15 @@ def test_the_whole_procedure_in_one_command(ssh_nodes, tmp_path):
 
         lock = (tmp_path / "downloads.lock").read_text()
         assert all(f"  {a['name']} " in lock for a in artifacts)
+        master = ssh_nodes.names[0]
+        assert ssh_nodes.path(master, "/opt/bin/kubectl").read_bytes() == (STANDINS / "kubectl").read_bytes()
+        assert ssh_nodes.path(master, "/srv/kubernetes/server.key").stat().st_mode & 0o777 == 0o600
         for name in ssh_nodes.names:
-            assert ssh_nodes.path(name, "/opt/bin/kubectl").read_bytes() == (STANDINS / "kubectl").read_bytes()
-            assert ssh_nodes.path(name, "/srv/kubernetes/server.key").stat().st_mode & 0o777 == 0o600
+            assert ssh_nodes.path(name, "/opt/bin/calicoctl").read_bytes() == (STANDINS / "calicoctl").read_bytes()
             assert (
                 f"hostname: {name}" in ssh_nodes.path(name, "/var/lib/coreos-vagrant/vagrantfile-user-data").read_text()
             )
+        for worker in ssh_nodes.names[1:]:  # the master's binaries and keys stay on the master
+            assert not ssh_nodes.path(worker, "/opt/bin/kube-apiserver").exists()
+            assert not ssh_nodes.path(worker, "/srv/kubernetes").exists()
         assert ui.requests, "the kube-ui check never reached the API server proxy"
