@@ -231,20 +231,14 @@ def unused(wanted: dict[str, list[Item]]) -> dict[str, list[str]]:
 
 def digests(items) -> dict[Path, str]:
     """sha256 of every source file, each read once, in parallel (hashlib releases the GIL); known ones not again."""
-    import hashlib
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(path: Path) -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        return h.hexdigest()
+    from tasks.files import sha256
 
     known = {i.source: i.sha256 for i in items if i.source is not None and i.sha256}
     sources = sorted({i.source for i in items if i.source is not None} - known.keys())
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return known | dict(zip(sources, pool.map(one, sources), strict=True))
+        return known | dict(zip(sources, pool.map(sha256, sources), strict=True))
 
 
 def _sudo(script: str) -> str:

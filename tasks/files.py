@@ -10,6 +10,17 @@ from pathlib import Path
 LOCK = ".inv.lock"  # in a folder a run writes to: see folder_lock
 
 
+def sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB pieces."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> bool:
     """Write `data` to `path` through a temporary file and a rename.
 

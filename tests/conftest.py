@@ -151,6 +151,15 @@ def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, 
 
 
 @pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty home folder: no known_hosts or ssh config of this machine's user in the way."""
+    folder = tmp_path / "home"
+    (folder / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(folder))
+    return folder
+
+
+@pytest.fixture
 def config(tmp_path):
     return make_config(tmp_path)
 

@@ -11,7 +11,6 @@ loopback HTTP server in the test process (`UIServer`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from conftest import project, run_inv
 from tasks import render
+from tasks.files import sha256
 
 STANDINS = Path(__file__).resolve().parent / "standins"
 UI_PATH = "/api/v1/proxy/namespaces/kube-system/services/kube-ui/"
@@ -59,14 +59,6 @@ def lock_downloads(config: dict) -> Path:
     entries = {a.name: download.Locked(sha256(a.path), a.upstream) for a in project(config).download.artifacts}
     lock.write_text(download.format_lock(entries))
     return lock
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def give_state_folders(nodes) -> None:

@@ -281,15 +281,6 @@ def test_conn_opens_one_connection_for_many_threads(ssh_nodes):
 # -- host keys -------------------------------------------------------------------
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """An empty home folder: no known_hosts or ssh config of this machine's user in the way."""
-    folder = tmp_path / "home"
-    (folder / ".ssh").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(folder))
-    return folder
-
-
 def known_hosts_file(tmp_path):
     """The project's known_hosts file of a test's configuration (paths.output is tmp_path/out)."""
     return tmp_path / "out" / "known_hosts"

@@ -247,15 +247,6 @@ def test_destroy_with_yes_runs_vagrant_destroy(vagrant_env, tmp_path):
 # -- host keys (tests/test_nodes.py has those of the connections themselves) ------
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """An empty home folder: no known_hosts or ssh config of this machine's user in the way."""
-    folder = tmp_path / "home"
-    (folder / ".ssh").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(folder))
-    return folder
-
-
 def test_copy_sends_nothing_to_a_node_whose_host_key_changed(ssh_nodes, tmp_path, home):
     from standin_cluster import prepare
 
