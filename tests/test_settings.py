@@ -178,3 +178,16 @@ def test_a_large_network_is_checked_without_listing_it(tmp_path):
         settings.build(
             make_config(tmp_path, cluster={"network": "10.0.0.0/29", "first_ip": "10.0.0.2", "num_instances": 6})
         )
+
+
+def test_settings_the_provider_ignores_are_named_once(tmp_path):
+    """With provider hosts, changed vm.* settings do nothing: said once on stderr, even for several tasks."""
+    hosts = [{"name": "m1", "address": "10.0.0.10"}]
+    config = make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts}, vm={"memory": 4096, "cpus": 4})
+    done = run_inv(tmp_path, "config", "config", config=config)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["note: cluster.provider hosts ignores vm.memory, vm.cpus"]
+    assert settings.build(config).ignored == ("vm.memory", "vm.cpus")
+    assert settings.build(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts})).ignored == ()
+    vagrant = make_config(tmp_path, cluster={"hosts": hosts})
+    assert settings.build(vagrant).ignored == ("cluster.hosts",)
