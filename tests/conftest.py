@@ -119,6 +119,28 @@ def _run_in_process(argv: list[str], env: dict | None) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(["inv", *argv], code, out.getvalue(), err.getvalue())
 
 
+def start_inv(config: dict, tmp_path: Path, *args: str) -> subprocess.Popen:
+    """A real `inv -f CONFIG ARGS` process that a test can interrupt with SIGINT, as Ctrl-C does.
+
+    SIGINT is set back to its default in the child: a test run started with it
+    ignored (a background job of a non-interactive shell) passes that on, and
+    Python then never raises KeyboardInterrupt.
+    """
+    import signal
+
+    config_file = tmp_path / "process-config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-f", str(config_file), *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, str]:
     """Run the real `inv` with its output on a pseudo-terminal, as a user sees it: (exit status, screen text)."""
     import pty

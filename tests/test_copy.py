@@ -14,14 +14,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ARTIFACTS, ROOT, SEED_DEFAULTS, project, run_inv, run_inv_on_terminal
+from conftest import ARTIFACTS, SEED_DEFAULTS, project, run_inv, run_inv_on_terminal, start_inv
 from sshnodes import MOUNTS
 from standin_cluster import lock_downloads
 from tasks import copy, render
@@ -335,16 +333,7 @@ def big_downloads(cfg, tmp_path: Path, size: int = 256 << 20) -> Path:
 
 def inv_copy_process(cfg, tmp_path: Path) -> subprocess.Popen:
     """A real `inv copy` process, which a test can interrupt."""
-    config_file = tmp_path / "process-config.yaml"
-    config_file.write_text(yaml.safe_dump(cfg))
-    return subprocess.Popen(
-        [sys.executable, "-m", "invoke", "-f", str(config_file), "copy"],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_inv(cfg, tmp_path, "copy")
 
 
 def wait_for_upload(ssh_nodes, node: str, proc: subprocess.Popen) -> None:

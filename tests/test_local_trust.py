@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, make_config, project, run_inv
+from conftest import ROOT, make_config, project, run_inv, start_inv
 from tasks import errors, files, render, settings
 
 
@@ -258,8 +258,6 @@ def test_ctrl_c_in_a_task_is_one_line_and_exit_130():
 def test_ctrl_c_during_a_real_download_exits_130_and_keeps_nothing_half_written(tmp_path):
     """A real `inv download` process, interrupted with SIGINT while a slow loopback server sends a file."""
     import signal
-    import subprocess
-    import sys
 
     from test_download import FileServer, url_path
 
@@ -278,15 +276,7 @@ def test_ctrl_c_during_a_real_download_exits_130_and_keeps_nothing_half_written(
         )
         srv.files[url_path("https://example.invalid/k/kubectl")] = b"x" * 4_000_000
         srv.rate = 200_000  # bytes per second: the download takes 20 s
-        cfg = tmp_path / "c.yaml"
-        cfg.write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "invoke", "-f", str(cfg), "download", "--trust-first-use"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_inv(config, tmp_path, "download", "--trust-first-use")
         downloads = tmp_path / "downloads"
         deadline = time.monotonic() + 20
         while not list(downloads.glob("kubectl.*.part")) and time.monotonic() < deadline:
