@@ -172,6 +172,27 @@ def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, 
     return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
 
 
+_KEYS: list = []  # RSA keys this test process has made, reused by the next tests
+
+
+@pytest.fixture(autouse=True)
+def reused_keys(monkeypatch):
+    """Real 2048-bit RSA keys, but made once per test process: each costs ~50 ms of CPU, and hundreds of renders
+    make three. Within one test every key is a new one (a second CA differs from the first)."""
+    from tasks import pki
+
+    made = pki._new_key
+    used = [0]
+
+    def next_key():
+        if used[0] == len(_KEYS):
+            _KEYS.append(made())
+        used[0] += 1
+        return _KEYS[used[0] - 1]
+
+    monkeypatch.setattr(pki, "_new_key", next_key)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """An empty home folder: no known_hosts or ssh config of this machine's user in the way."""
