@@ -30,6 +30,7 @@ def vagrant_env(tmp_path):
         os.environ,
         VAGRANT_HOME=str(tmp_path / "vagrant-home"),
         VAGRANT_CHECKPOINT_DISABLE="1",
+        VAGRANT_NO_PLUGINS="1",  # none is needed to read the Vagrantfile: a faster start
         VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"),
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         CLUSTER_DESCRIPTION=str(tmp_path / "out" / "cluster.json"),
