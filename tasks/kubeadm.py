@@ -14,12 +14,14 @@ import re
 import secrets
 import string
 
+from tasks.errors import StepError
+
 TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
 KUBEADM_API = "kubeadm.k8s.io/v1beta4"
 KUBELET_API = "kubelet.config.k8s.io/v1beta1"
 
 
-class InvalidDocument(ValueError):
+class InvalidDocument(StepError):
     """A configuration document with a field its API type does not have, or a value of the wrong kind."""
 
 
@@ -243,3 +245,56 @@ def _check(value, kind, where: str) -> None:
         raise InvalidDocument(f"{where}: expected a whole number, got {value!r}")
     if kind is not int and not isinstance(value, kind):
         raise InvalidDocument(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+TOKEN_FILE, KUBECONFIG_FILE = "bootstrap-token", "admin.conf"
+
+
+def host_files(pki_dir, planned: dict, master_ip: str) -> tuple[dict, dict]:
+    """(template context, PKI files to write) of a kubeadm stack, beside what `pki.plan` planned.
+
+    The bootstrap token is made once and kept (`pki/bootstrap-token`, 0600);
+    the CA pin and the admin kubeconfig (`pki/admin.conf`, 0600, server
+    https://MASTER:6443) follow the CA and the admin certificate, planned or on disk.
+    """
+    from cryptography import x509
+
+    def current(name: str) -> bytes:
+        return planned[name][0] if name in planned else (pki_dir / name).read_bytes()
+
+    def unless_same(name: str, data: bytes) -> dict:
+        try:
+            same = (pki_dir / name).read_bytes() == data
+        except OSError:
+            same = False
+        return {} if same else {name: (data, 0o600)}
+
+    try:
+        token = (pki_dir / TOKEN_FILE).read_text().strip()
+    except OSError:
+        token = ""
+    if not TOKEN.fullmatch(token):
+        token = new_token()
+    ca_pem = current("ca.crt")
+    config = kubeconfig(
+        f"https://{master_ip}:6443",
+        ca_pem,
+        current("admin.crt"),
+        current("admin.key"),
+        "kubernetes",
+        "kubernetes-admin",
+    )
+    files = unless_same(TOKEN_FILE, (token + "\n").encode()) | unless_same(KUBECONFIG_FILE, config.encode())
+    return {"token": token, "ca_hash": discovery_hash(x509.load_pem_x509_certificate(ca_pem))}, files
+
+
+def check_rendered(name: str, text: str) -> None:
+    """Every document of a rendered kubeadm configuration against its API type; InvalidDocument names the file."""
+    import yaml
+
+    for document in yaml.safe_load_all(text):
+        if document is not None:
+            try:
+                validate(document)
+            except InvalidDocument as err:
+                raise InvalidDocument(f"{name}: {err}") from None

@@ -184,7 +184,14 @@ def _check_ca(folder: Path, cert, key) -> None:
         )
 
 
-def plan(folder: Path, want: Want) -> dict[str, tuple[bytes, int]]:
+# The seed's leaves: the API server's certificate and the client certificate `kubecfg` (easy-rsa's names).
+SEED_LEAVES = (
+    {"cert": SERVER_CERT, "key": SERVER_KEY, "cn": "kubernetes-master", "usage": "server", "sans": "apiserver"},
+    {"cert": CLIENT_CERT, "key": CLIENT_KEY, "cn": "kubecfg", "usage": "client"},
+)
+
+
+def plan(folder: Path, want: Want, leaves=SEED_LEAVES) -> dict[str, tuple[bytes, int]]:
     """The PKI files to write (name -> (bytes, mode)); empty when all are current.
 
     Raises PKIError when the CA on disk is damaged or half there: a new CA
@@ -209,18 +216,17 @@ def plan(folder: Path, want: Want) -> dict[str, tuple[bytes, int]]:
         out[CA_CERT], out[CA_KEY] = (_cert_pem(ca[0]), 0o644), (_key_pem(ca[1]), 0o600)
     ca_cert, ca_key = ca
     _check_ca(folder, ca_cert, ca_key)
-    leaves = (
-        (SERVER_CERT, SERVER_KEY, "kubernetes-master", ExtendedKeyUsageOID.SERVER_AUTH, want.sans()),
-        (CLIENT_CERT, CLIENT_KEY, "kubecfg", ExtendedKeyUsageOID.CLIENT_AUTH, None),
-    )
-    for cert_name, key_name, cn, usage, sans in leaves:
+    usages = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
+    for leaf in leaves:
+        cert_name, key_name, cn, org = leaf["cert"], leaf["key"], leaf["cn"], leaf.get("org", "")
+        usage, sans = usages[leaf["usage"]], (want.sans() if leaf.get("sans") == "apiserver" else None)
         pair = _load(folder, cert_name, key_name)
         if _still_good(pair, ca_cert, sans):
             continue
         # Keep a readable RSA key: only what the certificate says has changed.
         reuse = pair and not isinstance(pair, Exception) and isinstance(pair[1], rsa.RSAPrivateKey)
         key = pair[1] if reuse else _new_key()
-        out[cert_name] = (_cert_pem(issue(ca_cert, ca_key, cn, key, usage, sans, now)), 0o644)
+        out[cert_name] = (_cert_pem(issue(ca_cert, ca_key, cn, key, usage, sans, now, org)), 0o644)
         if not reuse:
             out[key_name] = (_key_pem(key), 0o600)
     return out

@@ -67,16 +67,23 @@ def description(cluster: Cluster) -> dict:
     }
 
 
-def plan(project: Project) -> dict[str, bytes]:
-    """Every rendered file but the PKI: relative path -> contents, from the stack's templates."""
+def plan(project: Project, context: dict | None = None) -> dict[str, bytes]:
+    """Every rendered file but the PKI: relative path -> contents, from the stack's templates.
+
+    `context` adds to what templates see (a kubeadm stack's token and CA pin).
+    """
+    from tasks import kubeadm
+
     cluster, stack = project.cluster, project.stack
     env = _environment(stack.templates)
+    base = {"cluster": cluster, "master": cluster.master, "sandbox_image": cluster.pause_image, **(context or {})}
     files: dict[str, bytes] = {}
     for node in cluster.nodes:
-        template = env.get_template(stack.node_templates[node.role])
-        text = template.render(cluster=cluster, node=node, master=cluster.master)
-        files[user_data_name(node.name)] = text.encode()
-    base = {"cluster": cluster, "master": cluster.master}
+        name = user_data_name(node.name)
+        text = env.get_template(stack.node_templates[node.role]).render(base, node=node)
+        if stack.kubeadm:
+            kubeadm.check_rendered(name, text)
+        files[name] = text.encode()
     for name, template_name in stack.cluster_templates.items():
         files[name] = env.get_template(template_name).render(base).encode()
     manifests = _environment(stack.manifests)
@@ -123,15 +130,19 @@ def write(out: Path, files: dict[str, bytes], before: list[str]) -> list[str]:
 
 def render_all(project: Project) -> tuple[list[str], list[str]]:
     """Render files and PKI into the output folder: (files changed, PKI files changed); for tasks and tests."""
-    from tasks import pki
+    from tasks import kubeadm, pki
 
     cluster = project.cluster
-    files = plan(project)  # may raise on a template error: before anything is written
     out = project.output_dir
     before = previous(out)
     want = pki.Want(cluster.master.ip, cluster.api_service_ip, cluster.domain)
     pki_dir = out / PKI_DIR
-    pki_files = pki.plan(pki_dir, want)
+    pki_files = pki.plan(pki_dir, want, project.stack.pki_leaves or pki.SEED_LEAVES)
+    context: dict = {}
+    if project.stack.kubeadm:
+        context, extra = kubeadm.host_files(pki_dir, pki_files, cluster.master.ip)
+        pki_files |= extra
+    files = plan(project, context)  # may raise on a template or document error: before anything is written
     # Certificates first: cloud-configs naming a new master never stand beside old certificates.
     pki_dir.mkdir(parents=True, exist_ok=True)
     pki_dir.chmod(0o700)
@@ -181,4 +192,28 @@ def show_config(c):
     print(yaml.safe_dump(project.values, sort_keys=False, width=120), end="")
 
 
-TASKS = (render, show_config)
+@task
+@exits
+def kubeconfig(c):
+    """Print how kubectl on this machine reaches the cluster: `eval "$(inv kubeconfig)"`.
+
+    The admin kubeconfig `inv render` writes for kubeadm stacks (paths.output/pki/admin.conf).
+    """
+    import shlex
+
+    from tasks import kubeadm
+
+    project = settings.load(c)
+    master = project.cluster.master
+    if not project.stack.kubeadm:
+        raise StepError(
+            f"stack {project.stack.name} has no kubeconfig for this machine: its API server answers without "
+            f"authentication on http://{master.ip}:8080; use kubectl on the master (`inv ssh {master.name}`)"
+        )
+    path = project.output_dir / PKI_DIR / kubeadm.KUBECONFIG_FILE
+    if not path.is_file():
+        raise StepError(f"{path} is missing: run `inv render` first")
+    print(f"export KUBECONFIG={shlex.quote(str(path))}")
+
+
+TASKS = (render, show_config, kubeconfig)

@@ -51,7 +51,15 @@ SCHEMA: dict[str, dict[str, type]] = {
     },
     "kubernetes": {"service_range": str, "dns_ip": str, "domain": str, "pause_image": str},
     "calico": {"pool": str},
-    "versions": {"kubernetes": str, "calicoctl": str, "calico_cni": str, "setup_network_environment": str},
+    "versions": {
+        "kubernetes": str,
+        "calicoctl": str,
+        "calico_cni": str,
+        "setup_network_environment": str,
+        "calico": str,
+        "headlamp": str,
+        "busybox": str,
+    },
     "paths": {"downloads": str, "output": str},
     "download": {
         "parallel": int,
@@ -144,13 +152,14 @@ class Cluster:
 
     @property
     def calico_node_image(self) -> str:
-        return f"calico/node:{self.versions['calicoctl']}"
+        """The seed's calico/node image, tagged like its calicoctl; "" where a stack has no such pairing."""
+        return f"calico/node:{self.versions['calicoctl']}" if "calicoctl" in self.versions else ""
 
     @property
     def images(self) -> list[str]:
-        """Docker images every VM pre-pulls, without repeats, in a stable order."""
+        """Docker images every VM pre-pulls (the seed's), without repeats, in a stable order."""
         wanted = [*self.vm["images"], self.pause_image, self.calico_node_image]
-        return list(dict.fromkeys(wanted))
+        return list(dict.fromkeys(image for image in wanted if image))
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -549,14 +558,14 @@ def _addons(config: dict, stack: Stack) -> Addons:
 
 def _checks(config: dict) -> Checks:
     v = config["verify"]
-    if not is_http(v["api_url"]):
+    if v["api_url"] is not None and not is_http(v["api_url"]):
         raise ConfigError("verify.api_url", v["api_url"], "an http(s) URL of the API server as seen on the master")
-    if not re.fullmatch(r"/[A-Za-z0-9._~/%-]*", v["ui_path"]):
+    if not re.fullmatch(r"/[A-Za-z0-9._~/%:-]*", v["ui_path"]):
         raise ConfigError("verify.ui_path", v["ui_path"], "a URL path starting with /")
     return Checks(
         _not_negative("verify.timeout", v["timeout"]),
         positive("verify.interval", v["interval"]),
-        v["api_url"],
+        v["api_url"] or "",
         v["ui_path"],
     )
 

@@ -30,6 +30,10 @@ class Stack:
     defaults: dict = field(hash=False)  # section -> key -> value
     # role -> the rendered PKI files (names in <output>/pki) that role's units read; `inv copy` sends only those
     pki_files: dict = field(default_factory=dict, hash=False)
+    # The certificates issued from the CA besides it (pki.plan); the seed's when a stack names none.
+    pki_leaves: tuple = ()
+    # kubeadm stacks: a bootstrap token and the CA's pin for the templates, an admin kubeconfig for the host.
+    kubeadm: bool = False
 
     def manifest_names(self) -> list[str]:
         return sorted(p.name for p in self.manifests.glob("*.yaml"))
@@ -55,6 +59,8 @@ def load(name: str) -> Stack:
         cluster_templates=data["cluster_templates"],
         defaults=data["defaults"],
         pki_files={role: tuple(files or ()) for role, files in (data.get("pki_files") or {}).items()},
+        pki_leaves=tuple(data.get("pki_leaves") or ()),
+        kubeadm=bool(data.get("kubeadm")),
     )
 
 

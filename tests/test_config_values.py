@@ -20,7 +20,7 @@ import pytest
 from invoke.exceptions import Exit
 from test_settings import BAD
 
-from conftest import ARTIFACTS, DEFAULTS, make_config, run_inv
+from conftest import ARTIFACTS, DEFAULTS, SEED_DEFAULTS, make_config, run_inv
 from tasks import render, settings
 
 PREFIX = "invalid configuration: "
@@ -52,8 +52,10 @@ def case(change: dict, key: str, value, fragment: str = ""):
 
 CASES = [
     # --- stack (new top-level key; only "seed" for now) ---
-    case({"stack": "coreos"}, "stack", "coreos", "one of seed"),
-    case({"stack": ""}, "stack", "", "one of seed"),
+    case({"stack": "coreos"}, "stack", "coreos", "one of current, seed"),
+    case({"stack": ""}, "stack", "", "one of current, seed"),
+    # A key only the other stack uses: refused, naming the stack in use.
+    case({"versions": {"calico": "v3.31.7"}}, "versions.calico", "v3.31.7", "no value: stack seed has no use for it"),
     # --- cluster ---
     case({"cluster": {"num_instances": True}}, "cluster.num_instances", True, "a whole number"),
     case(
@@ -164,7 +166,15 @@ CASES = [
         "a network that does not overlap cluster.network 172.18.18.0/24",
     ),
     # --- versions ---
-    *[case({"versions": {key: ""}}, f"versions.{key}", "", "a non-empty version") for key in DEFAULTS["versions"]],
+    *[
+        case(
+            {"versions": {key: ""}, **({} if key in SEED_DEFAULTS["versions"] else {"stack": "current"})},
+            f"versions.{key}",
+            "",
+            "a non-empty version",
+        )
+        for key in DEFAULTS["versions"]
+    ],
     case({"versions": {"kubernetes": 1.1}}, "versions.kubernetes", 1.1, "a string"),
     # --- paths ---
     case({"paths": {"output": ""}}, "paths.output", ""),
