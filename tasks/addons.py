@@ -155,6 +155,7 @@ def addons(c, timeout=None):
     from tasks.nodes import Nodes
 
     project = settings.load(c)
+    project.stack.check_step("addons")
     cluster = project.cluster
     wait = kube.seconds(timeout, project.addons.timeout)
     interval = float(project.verify.interval)

@@ -598,6 +598,7 @@ def copy(c, dry=False):
     from tasks.nodes import Nodes
 
     project = settings.load(c)
+    project.stack.check_step("copy")
     wanted = plan(project)
     with Nodes(c, project) as group:
         copy_all(project.cluster, wanted, group, dry)

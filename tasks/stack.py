@@ -34,6 +34,18 @@ class Stack:
     pki_leaves: tuple = ()
     # kubeadm stacks: a bootstrap token and the CA's pin for the templates, an admin kubeconfig for the host.
     kubeadm: bool = False
+    # The steps that work for this stack; empty: all of them.
+    steps: tuple = ()
+
+    def check_step(self, step: str) -> None:
+        """StepError when `inv STEP` cannot do its work for this stack yet: never a success over nothing done."""
+        from tasks.errors import StepError
+
+        if self.steps and step not in self.steps:
+            raise StepError(
+                f"stack {self.name}: `inv {step}` does not handle it yet (it does: {', '.join(self.steps)}); "
+                f"use stack seed for the whole procedure"
+            )
 
     def manifest_names(self) -> list[str]:
         return sorted(p.name for p in self.manifests.glob("*.yaml"))
@@ -61,6 +73,7 @@ def load(name: str) -> Stack:
         pki_files={role: tuple(files or ()) for role, files in (data.get("pki_files") or {}).items()},
         pki_leaves=tuple(data.get("pki_leaves") or ()),
         kubeadm=bool(data.get("kubeadm")),
+        steps=tuple(data.get("steps") or ()),
     )
 
 

@@ -267,6 +267,7 @@ def verify(c, timeout=None, json=False):
     from tasks.nodes import Nodes
 
     project = settings.load(c)
+    project.stack.check_step("verify")
     wait = kube.seconds(timeout, project.verify.timeout)
     with Nodes(c, project) as group:
         results = kube.run_checks(probes(project, group), wait, project.verify.interval)

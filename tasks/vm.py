@@ -37,6 +37,7 @@ def up(c, timeout=300, copy=True):
     from tasks.nodes import Nodes
 
     project = settings.load(c)
+    project.stack.check_step("up")
     wait = kube.seconds(timeout, 300)
     provider = providers.of(project, c)
     provider.check_start()

@@ -181,3 +181,13 @@ def test_settings_of_the_seed_alone_are_refused_with_the_current_stack(tmp_path)
         "invalid configuration: versions.calicoctl = 'v0.15.0': expected no value: stack current has no use for it "
         "(leave it null)"
     )
+
+
+@pytest.mark.parametrize("step", ["up", "copy", "addons", "verify"])
+def test_steps_not_done_yet_for_the_current_stack_say_so_and_fail(rendered, tmp_path, step):
+    config, _ = rendered
+    done = run_inv(tmp_path, step, config=config)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith(
+        f"stack current: `inv {step}` does not handle it yet (it does: download, render"
+    )
