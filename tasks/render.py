@@ -86,6 +86,11 @@ def plan(project: Project, context: dict | None = None) -> dict[str, bytes]:
         files[name] = text.encode()
     for name, template_name in stack.cluster_templates.items():
         files[name] = env.get_template(template_name).render(base).encode()
+    for registry, mirror in cluster.mirrors.items() if stack.mirror_template else ():
+        # Docker Hub's registry answers at its own host name; every other one at its name.
+        upstream = "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
+        text = env.get_template(stack.mirror_template).render(base, registry=registry, upstream=upstream, mirror=mirror)
+        files[f"containerd-certs.d/{registry}/hosts.toml"] = text.encode()
     manifests = _environment(stack.manifests)
     for name in stack.manifest_names():
         files[f"manifests/{name}"] = manifests.get_template(name).render(base).encode()

@@ -72,6 +72,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     },
     "addons": {"manifests": list, "timeout": int},
     "verify": {"timeout": int, "interval": int, "api_url": str, "ui_path": str},
+    "images": {"mirrors": dict},
 }
 # cluster.host_key_policy: how SSH host keys of the nodes are checked (tasks/nodes.py).
 HOST_KEY_POLICIES = ("accept-new", "strict", "off")
@@ -104,6 +105,7 @@ VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
 BOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 NODE_PATH = re.compile(r"(/[A-Za-z0-9._+-]+)+")
+REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -139,6 +141,7 @@ class Cluster:
     vm: dict = field(hash=False)
     user_data_path: str = ""
     activate_command: str = ""
+    mirrors: dict = field(default_factory=dict, hash=False)  # registry -> mirror URL (images.mirrors)
     host_key_policy: str = "accept-new"
 
     @property
@@ -422,6 +425,13 @@ def _cluster(config: dict) -> Cluster:
     if k8s["pause_image"] is not None:
         _image("kubernetes.pause_image", k8s["pause_image"])
     versions = {k: v for k, v in config["versions"].items() if v is not None}
+    mirrors = config["images"]["mirrors"] or {}
+    for registry, url in mirrors.items():
+        key = f"images.mirrors[{registry!r}]"
+        if not isinstance(registry, str) or not REGISTRY.fullmatch(registry):
+            raise ConfigError(key, registry, "a registry host name like registry.k8s.io or docker.io")
+        if not isinstance(url, str) or not is_http(url):
+            raise ConfigError(key, url, "the mirror's http(s) URL, like https://registry.mirror.example")
     return Cluster(
         nodes=tuple(nodes),
         provider=cl["provider"],
@@ -436,6 +446,7 @@ def _cluster(config: dict) -> Cluster:
         user_data_path=cl["user_data_path"] or "",
         activate_command=cl["activate_command"] or "",
         host_key_policy=cl["host_key_policy"],
+        mirrors=dict(mirrors),
     )
 
 

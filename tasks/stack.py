@@ -34,6 +34,8 @@ class Stack:
     pki_leaves: tuple = ()
     # kubeadm stacks: a bootstrap token and the CA's pin for the templates, an admin kubeconfig for the host.
     kubeadm: bool = False
+    # Rendered once per images.mirrors entry into containerd-certs.d/<registry>/hosts.toml ("": none).
+    mirror_template: str = ""
     # The steps that work for this stack; empty: all of them.
     steps: tuple = ()
 
@@ -74,6 +76,7 @@ def load(name: str) -> Stack:
         pki_leaves=tuple(data.get("pki_leaves") or ()),
         kubeadm=bool(data.get("kubeadm")),
         steps=tuple(data.get("steps") or ()),
+        mirror_template=data.get("mirror_template", ""),
     )
 
 

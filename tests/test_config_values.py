@@ -176,6 +176,19 @@ CASES = [
         for key in DEFAULTS["versions"]
     ],
     case({"versions": {"kubernetes": 1.1}}, "versions.kubernetes", 1.1, "a string"),
+    # --- images (the current stack's) ---
+    case(
+        {"stack": "current", "images": {"mirrors": ["https://m.example"]}},
+        "images.mirrors",
+        ["https://m.example"],
+        "a mapping",
+    ),
+    case(
+        {"stack": "current", "images": {"mirrors": {"docker.io": "hub.mirror.example"}}},
+        "images.mirrors['docker.io']",
+        "hub.mirror.example",
+        "the mirror's http(s) URL",
+    ),
     # --- paths ---
     case({"paths": {"output": ""}}, "paths.output", ""),
     case({"paths": {"downloads": ""}}, "paths.downloads", ""),

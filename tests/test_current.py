@@ -24,7 +24,7 @@ from test_kubeadm import APIServer
 from test_units import fake_root, verify
 
 from conftest import make_config, project, run_inv
-from tasks import kubeadm, render
+from tasks import kubeadm, render, settings
 
 
 def current_config(tmp_path, **sections) -> dict:
@@ -191,3 +191,48 @@ def test_steps_not_done_yet_for_the_current_stack_say_so_and_fail(rendered, tmp_
     assert done.stderr.strip().startswith(
         f"stack current: `inv {step}` does not handle it yet (it does: download, render"
     )
+
+
+def test_each_image_mirror_becomes_a_hosts_toml_containerd_reads(tmp_path):
+    mirrors = {"registry.k8s.io": "https://k8s.mirror.example", "docker.io": "https://hub.mirror.example/"}
+    config = current_config(tmp_path, images={"mirrors": mirrors})
+    render.render_all(project(config))
+    out = tmp_path / "out" / "containerd-certs.d"
+    k8s = tomllib.loads((out / "registry.k8s.io" / "hosts.toml").read_text())
+    assert k8s == {
+        "server": "https://registry.k8s.io",
+        "host": {"https://k8s.mirror.example": {"capabilities": ["pull", "resolve"]}},
+    }
+    hub = tomllib.loads((out / "docker.io" / "hosts.toml").read_text())
+    assert hub["server"] == "https://registry-1.docker.io" and list(hub["host"]) == ["https://hub.mirror.example/"]
+    # A mirror dropped from the configuration: its file goes with the next render.
+    config["images"]["mirrors"] = {"docker.io": "https://hub.mirror.example/"}
+    changed, _ = render.render_all(project(config))
+    assert "containerd-certs.d/registry.k8s.io/hosts.toml (removed)" in changed
+    assert not (out / "registry.k8s.io" / "hosts.toml").exists()
+
+
+@pytest.mark.parametrize(
+    "mirrors,message",
+    [
+        (
+            {"registry.k8s.io\n": "https://m.example"},
+            "images.mirrors['registry.k8s.io\\n'] = 'registry.k8s.io\\n': expected a registry host name",
+        ),
+        (
+            {"quay.io": "quay.mirror.example"},
+            "images.mirrors['quay.io'] = 'quay.mirror.example': expected the mirror's http(s) URL",
+        ),
+    ],
+)
+def test_a_bad_mirror_is_named(tmp_path, mirrors, message):
+    with pytest.raises(settings.ConfigError) as err:
+        settings.build(current_config(tmp_path, images={"mirrors": mirrors}))
+    assert str(err.value).startswith(f"invalid configuration: {message}")
+
+
+def test_the_seed_has_no_use_for_image_mirrors(tmp_path):
+    with pytest.raises(
+        settings.ConfigError, match="images.mirrors = .*: expected no value: stack seed has no use for it"
+    ):
+        settings.build(make_config(tmp_path, images={"mirrors": {"docker.io": "https://hub.mirror.example"}}))
