@@ -9,6 +9,7 @@ task's context.
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import re
 import string
@@ -630,13 +631,19 @@ def build(config, invoke_config=None) -> Project:
     )
 
 
-def _ignored(values: dict, stack: Stack, provider: str) -> tuple[str, ...]:
-    """The settings the provider has no use for that differ from invoke.yaml's and the stack's defaults."""
+@functools.cache
+def _invoke_yaml() -> dict:
+    """The project's invoke.yaml as shipped, read once per run (stacks.apply copies it before changing it)."""
     import yaml
 
+    return yaml.safe_load((ROOT / "invoke.yaml").read_text())
+
+
+def _ignored(values: dict, stack: Stack, provider: str) -> tuple[str, ...]:
+    """The settings the provider has no use for that differ from invoke.yaml's and the stack's defaults."""
     from tasks import providers
 
-    stock = stacks.apply(stack, yaml.safe_load((ROOT / "invoke.yaml").read_text()))
+    stock = stacks.apply(stack, _invoke_yaml())
     return tuple(
         key
         for key in providers.PROVIDERS[provider].ignores

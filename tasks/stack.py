@@ -10,6 +10,7 @@ stacks use.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,13 +58,19 @@ def names() -> list[str]:
     return sorted(p.stem for p in FOLDER.glob("*.yaml"))
 
 
-def load(name: str) -> Stack:
-    """The stack called `name`; ConfigError naming the known ones otherwise."""
+@functools.cache
+def _data(name: str) -> dict:
+    """A stack file, read once per run: every task and test builds a Project from it."""
     import yaml
 
+    return yaml.safe_load((FOLDER / f"{name}.yaml").read_text())
+
+
+def load(name: str) -> Stack:
+    """The stack called `name`; ConfigError naming the known ones otherwise."""
     if not isinstance(name, str) or name not in names():
         raise ConfigError("stack", name, f"one of {', '.join(names())}")
-    data = yaml.safe_load((FOLDER / f"{name}.yaml").read_text())
+    data = copy.deepcopy(_data(name))
     return Stack(
         name=data["name"],
         description=data["description"],
