@@ -154,11 +154,10 @@ class Vagrant(Provider):
         return parse_ssh_config(result.stdout, names)
 
     def check_start(self) -> None:
+        from tasks import doctor
+
         self._rendered()
-        if not shutil.which("vagrant"):
-            raise StepError(VAGRANT_INSTALL)
-        if not shutil.which("VBoxManage"):
-            raise StepError(VIRTUALBOX_INSTALL)
+        doctor.preflight(self)  # Vagrant, VirtualBox, the host-only network, memory
 
     def start(self) -> None:
         # Vagrant's own output streams through: box download, boot, provisioners.

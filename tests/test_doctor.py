@@ -404,3 +404,30 @@ def test_memory_of_vms_that_run_already_is_not_counted_again(tmp_path, server):
     done = run_inv(tmp_path, "doctor", config=config, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert rows(done.stdout)["memory"][1].startswith(f"1 VM(s) to start x {free_mb // 2} MB")
+
+
+# -- `inv up` checks first ----------------------------------------------------------------
+
+
+def test_up_stops_before_vagrant_up_when_virtualbox_refuses_the_network(tmp_path):
+    config = make_config(tmp_path)
+    render.render_all(project(config))
+    env = machine(tmp_path, conf=None)  # no networks.conf: only 192.168.56.0/21
+    done = run_inv(tmp_path, "up", "--no-copy", config=config, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "host-only network: VirtualBox 6.1.28+ allows 192.168.56.0/21 (no "
+        f"{tmp_path / 'networks.conf'}), not cluster.network 172.18.18.0/24: add the line "
+        f"`* 172.18.18.0/24 192.168.56.0/21` to {tmp_path / 'networks.conf'} (as root), or choose cluster.network "
+        "and cluster.first_ip inside 192.168.56.0/21"
+    )
+    assert not (tmp_path / "dot-vagrant").exists()  # vagrant up never ran
+
+
+def test_up_stops_before_vagrant_up_without_the_memory_for_the_vms(tmp_path):
+    config = make_config(tmp_path, vm={"memory": 10**9})
+    render.render_all(project(config))
+    done = run_inv(tmp_path, "up", "--no-copy", config=config, env=machine(tmp_path, conf="* 172.18.18.0/24\n"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("memory: 3 VM(s) to start x 1000000000 MB = 3000000000 MB, ")
+    assert done.stderr.strip().endswith("MB free: close programs, or lower cluster.num_instances or vm.memory")
