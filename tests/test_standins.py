@@ -262,6 +262,7 @@ def test_join_with_an_unknown_token_is_refused(initialised, worker, shared):
 
 
 def test_join_to_another_endpoint_meets_a_refused_connection(initialised, worker, shared):
+    worker.scenario(kubeadm={"discovery_timeout": 0})
     done = worker.kubeadm("join", config=join_config(cluster_state(shared)["ca_hash"], endpoint="192.168.56.109:6443"))
 
     url = "https://192.168.56.109:6443/api/v1/namespaces/kube-public/configmaps/cluster-info?timeout=10s"
@@ -273,11 +274,13 @@ def test_join_to_another_endpoint_meets_a_refused_connection(initialised, worker
     )
 
 
-def test_join_before_any_init_meets_a_refused_connection(worker):
+def test_join_before_any_init_asks_again_until_the_discovery_timeout(worker):
+    worker.scenario(kubeadm={"discovery_timeout": 1.5})
     done = worker.kubeadm("join", config=join_config("sha256:" + "0" * 64))
 
     assert done.returncode == 1
-    assert "dial tcp 192.168.56.101:6443: connect: connection refused" in done.stderr
+    assert "[discovery] Failed to request cluster-info, will try again" in done.stderr
+    assert done.stderr.endswith("dial tcp 192.168.56.101:6443: connect: connection refused\n" + STACK_HINT), done.stderr
 
 
 def test_a_node_name_registered_and_ready_cannot_join_again(initialised, tmp_path, shared):
