@@ -27,7 +27,7 @@ from tasks.errors import StepError, UsageError, exits
     }
 )
 @exits
-def up(c, timeout=300, copy=True):
+def up(c, timeout=None, copy=True):
     """Start the VMs (`vagrant up`), wait until every node answers over SSH, then `inv copy`.
 
     With cluster.provider hosts there is nothing to start: only the wait and the copy.
