@@ -144,13 +144,11 @@ class Vagrant(Provider):
 
     def targets(self, names: list[str]) -> dict[str, Target]:
         """One `vagrant ssh-config` for all `names`."""
-        from tasks.ui import last_line
-
         if not names:
             return {}
         result = self.vagrant("ssh-config " + " ".join(names), hide=True, warn=True)
         if result.failed:
-            raise StepError(f"`vagrant ssh-config` failed: {last_line(result.stderr)} (are the VMs up? run `inv up`)")
+            raise vagrant_failed("ssh-config", result, " (are the VMs up? run `inv up`)")
         return parse_ssh_config(result.stdout, names)
 
     def check_start(self) -> None:
@@ -176,11 +174,9 @@ class Vagrant(Provider):
         return dataclasses.replace(rule, mode="strict", why="`inv up` records the VMs' keys")
 
     def states(self) -> dict[str, str]:
-        from tasks.ui import last_line
-
         result = self.vagrant("status --machine-readable", hide=True, warn=True)
         if result.failed:
-            raise StepError(f"`vagrant status` failed: {last_line(result.stderr)}")
+            raise vagrant_failed("status", result)
         return parse_status(result.stdout)
 
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
@@ -328,3 +324,20 @@ def parse_status(text: str) -> dict[str, str]:
         if len(fields) >= 4 and fields[2] == "state" and fields[1]:
             states[fields[1]] = fields[3]
     return states
+
+
+def vagrant_failed(command: str, result, hint: str = "") -> StepError:
+    """The error of a failed `vagrant COMMAND`: a line of ours, then Vagrant's own message, whole and indented."""
+    from tasks.ui import indented
+
+    says = indented(vagrant_says(result.stdout, result.stderr))
+    return StepError(f"`vagrant {command}` failed{hint}; Vagrant says:\n{says}")
+
+
+def vagrant_says(stdout: str, stderr: str) -> str:
+    """Vagrant's whole error message: its stderr, or with --machine-readable the `error-exit` line of stdout."""
+    for line in stdout.splitlines():
+        fields = line.split(",", 4)
+        if len(fields) == 5 and fields[2] == "error-exit":
+            return fields[4].replace("%!(VAGRANT_COMMA)", ",").replace("\\n", "\n").replace("\\r", "")
+    return stderr.strip() or stdout.strip()

@@ -52,6 +52,12 @@ def last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def indented(text: str) -> str:
+    """A program's whole message, to follow a line of ours: each line indented, blank lines left out."""
+    lines = [f"  {line.rstrip()}" for line in (text or "").splitlines() if line.strip()]
+    return "\n".join(lines) if lines else "  (no output)"
+
+
 def progress(message: str) -> None:
     """A note on long work, on stderr: stdout stays the result (tables, JSON)."""
     print(message, file=sys.stderr, flush=True)

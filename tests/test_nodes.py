@@ -225,8 +225,8 @@ def test_vagrant_ssh_config_failure_says_to_run_up(tmp_path, monkeypatch):
     with pytest.raises(StepError) as err, group(c):
         pass
     assert str(err.value) == (
-        "`vagrant ssh-config` failed: The provider for this Vagrant-managed machine is "
-        "reporting that it is not yet ready for SSH. (are the VMs up? run `inv up`)"
+        "`vagrant ssh-config` failed (are the VMs up? run `inv up`); Vagrant says:\n"
+        "  The provider for this Vagrant-managed machine is reporting that it is not yet ready for SSH."
     )
 
 

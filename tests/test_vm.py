@@ -165,6 +165,50 @@ def test_status_with_vagrant_shows_machines_not_created(vagrant_env, tmp_path):
     }
 
 
+def test_status_shows_vagrants_whole_message_when_virtualbox_is_missing(vagrant_env, tmp_path):
+    """Real Vagrant with no VirtualBox at all: its multi-line error reaches the user whole, commas and all
+    (with --machine-readable Vagrant prints it escaped on stdout, not on stderr)."""
+    config, env, bin_dir = vagrant_env
+    (bin_dir / "VBoxManage").unlink()
+    done = run_inv(tmp_path, "status", config=config, env=env)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[:2] == [
+        "`vagrant status` failed; Vagrant says:",
+        "  No usable default provider could be found for your system.",
+    ]
+    assert "  environments. Examples are VirtualBox, VMware, Hyper-V." in lines
+    assert lines[-1] == "  error message for that particular provider."
+    assert all(line.startswith("  ") and line.strip() for line in lines[1:])  # indented, no blank lines
+
+
+@pytest.mark.parametrize("step", ["addons", "verify"])
+def test_steps_on_the_nodes_show_vagrants_whole_message_when_the_vms_are_not_created(vagrant_env, tmp_path, step):
+    """Real Vagrant, VirtualBox's VBoxManage a stand-in: `vagrant ssh-config` of machines never created."""
+    config, env, _ = vagrant_env
+    done = run_inv(tmp_path, step, config=config, env=env)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "`vagrant ssh-config` failed (are the VMs up? run `inv up`); Vagrant says:",
+        "  The provider for this Vagrant-managed machine is reporting that it",
+        "  is not yet ready for SSH. Depending on your provider this can carry",
+        "  different meanings. Make sure your machine is created and running and",
+        "  try again. Additionally, check the output of `vagrant status` to verify",
+        "  that the machine is in the state that you expect. If you continue to",
+        "  get this error message, please view the documentation for the provider",
+        "  you're using.",
+    ]
+
+
+def test_vagrant_says_reads_the_machine_readable_error_exit():
+    stdout = (
+        "1795863223,,ui,error,ignored\n"
+        "1795863223,,error-exit,Vagrant::Errors::Example,First line%!(VAGRANT_COMMA) still first.\\n\\nSecond line.\n"
+    )
+    assert providers.vagrant_says(stdout, "") == "First line, still first.\n\nSecond line."
+    assert providers.vagrant_says("", "  plain text\n") == "plain text"
+
+
 def test_parse_status_reads_each_machine_state():
     assert providers.parse_status(MACHINE_READABLE) == {
         "calico-01": "running",
