@@ -225,6 +225,35 @@ def test_ssh_runs_a_command_on_the_node_and_passes_its_exit_status(ssh_nodes, tm
     assert failed.returncode == 3
 
 
+def test_ssh_without_a_node_lists_the_nodes_and_how_to_log_in(tmp_path):
+    config = make_config(tmp_path)
+    config["cluster"].update(
+        provider="hosts",
+        hosts=[
+            {"name": "m1", "address": "10.0.0.5", "ip": "172.18.18.101"},
+            {"name": "w1", "address": "w1.example", "ip": "172.18.18.102"},
+        ],
+    )
+    done = run_inv(tmp_path, "ssh", config=config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "Nodes (hosts): log in with inv ssh NODE",
+        "node\trole\taddress\tcommand",
+        "m1\tmaster\t10.0.0.5\tinv ssh m1",
+        "w1\tnode\tw1.example\tinv ssh w1",
+    ]
+    assert done.stderr == ""
+
+
+def test_ssh_with_a_command_and_no_node_is_one_line_and_exit_2(tmp_path):
+    done = run_inv(tmp_path, "ssh", "--command", "hostname", config=make_config(tmp_path))
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == "--command 'hostname': expected a NODE to run it on, e.g. inv ssh calico-01 --command ..."
+    )
+
+
 def test_ssh_names_an_unknown_node_and_the_known_ones(ssh_nodes, tmp_path):
     done = run_inv(tmp_path, "ssh", "calico-09", config=ssh_nodes.config)
     assert done.returncode == 2
