@@ -307,11 +307,14 @@ def _guard(conn, node: str, rule: HostKeyRule, ssh_config: bool) -> None:
 def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool, rule: HostKeyRule, node: str = ""):
     import fabric
 
+    from tasks import settings
+
     cfg = base_config.clone(into=fabric.Config) if base_config is not None else fabric.Config()
     # No stdin under pytest or CI: Fabric would fail reading it.
     cfg.run.in_stream = False
     cfg.sudo.in_stream = False
     cfg.timeouts.connect = ssh_timeout
+    cfg.user = settings.DEFAULT_USER  # where neither the target nor ssh_config names one (Fabric's own: the local user)
     if load_ssh_config:
         cfg.load_ssh_config()
     kwargs: dict = {}
@@ -324,7 +327,8 @@ def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool, ru
 
 
 def login_options(project, target, rule: HostKeyRule, ssh_config: bool) -> list[str]:
-    """The `ssh` options that check `target`'s host key as the tasks' connections do (`inv ssh`).
+    """The `ssh` options that log in to `target` as the tasks' connections do (`inv ssh`): the same user and
+    port, and host keys checked the same way.
 
     The project's file comes first: ssh's accept-new records there.
     """
@@ -333,7 +337,10 @@ def login_options(project, target, rule: HostKeyRule, ssh_config: bool) -> list[
     rule.project_file.parent.mkdir(parents=True, exist_ok=True)
     # Quoted, and % doubled: ssh splits the value at spaces and expands %-tokens in it.
     files = " ".join('"' + str(f).replace("%", "%%") + '"' for f in (rule.project_file, *users))
-    return ["-o", f"UserKnownHostsFile={files}", "-o", f"StrictHostKeyChecking={SSH_STRICT[mode]}"]
+    return [
+        *("-l", conn.user, "-p", str(conn.port)),
+        *("-o", f"UserKnownHostsFile={files}", "-o", f"StrictHostKeyChecking={SSH_STRICT[mode]}"),
+    ]
 
 
 def where(conn) -> str:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from tasks.errors import ConfigError, StepError
-from tasks.settings import Node, positive
+from tasks.settings import DEFAULT_USER, Node, positive
 
 VAGRANT_INSTALL = (
     "vagrant is not installed: install Vagrant (https://developer.hashicorp.com/vagrant/install, "
@@ -32,8 +32,8 @@ class Target:
     """How SSH reaches one node."""
 
     host: str
-    port: int
-    user: str
+    port: int | None  # None: ~/.ssh/config's for the host, else 22
+    user: str | None  # None: ~/.ssh/config's for the host, else settings.DEFAULT_USER
     key_files: tuple[str, ...] = ()
 
 
@@ -238,7 +238,7 @@ class Hosts(Provider):
             port = entry.get("port", 22)
             if not 0 < port < 65536:
                 raise ConfigError(f"{key}.port", port, "a TCP port from 1 to 65535")
-            user = entry.get("user", "core")
+            user = entry.get("user", DEFAULT_USER)
             if not LOGIN.fullmatch(user):
                 raise ConfigError(f"{key}.user", user, "a login name: letters, digits, '_', '.', '-'")
             nodes.append(
@@ -250,6 +250,7 @@ class Hosts(Provider):
                     port=port,
                     user=user,
                     key_file=entry.get("key_file", ""),
+                    unset=tuple(k for k in ("port", "user") if k not in entry),
                 )
             )
         return nodes
@@ -257,7 +258,12 @@ class Hosts(Provider):
     def targets(self, names: list[str]) -> dict[str, Target]:
         chosen = [n for n in self.project.cluster.nodes if n.name in names]
         return {
-            n.name: Target(n.address or n.ip, n.port, n.user, (os.path.expanduser(n.key_file),) if n.key_file else ())
+            n.name: Target(
+                n.address or n.ip,
+                None if "port" in n.unset else n.port,
+                None if "user" in n.unset else n.user,
+                (os.path.expanduser(n.key_file),) if n.key_file else (),
+            )
             for n in chosen
         }
 
@@ -269,8 +275,7 @@ class Hosts(Provider):
         rule = self.host_key_rule()
         if rule.mode == "off":
             ui.progress(nodes.OFF_WARNING)
-        argv = ["ssh", "-l", t.user, "-p", str(t.port)]
-        argv += nodes.login_options(self.project, t, rule, self.load_ssh_config)
+        argv = ["ssh", *nodes.login_options(self.project, t, rule, self.load_ssh_config)]
         argv += ["-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={self.project.ssh_timeout}"]
         for key in t.key_files:
             argv += ["-i", key, "-o", "IdentitiesOnly=yes"]

@@ -26,6 +26,7 @@ from tasks.stack import Stack
 __all__ = ["ConfigError", "Project", "Cluster", "Node", "Artifact", "build", "load"]
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_USER = "core"  # the login of CoreOS and Flatcar machines, unless a hosts entry or ~/.ssh/config names one
 
 # Keys of every section of ours, with the type each value must have.
 # invoke.yaml gives the defaults; tests check the two list the same keys.
@@ -120,8 +121,10 @@ class Node:
     role: str  # "master" or "node"
     address: str = ""  # provider=hosts: where SSH reaches it (defaults to ip)
     port: int = 22
-    user: str = "core"
+    user: str = DEFAULT_USER
     key_file: str = ""
+    # What the hosts entry leaves out of "port", "user": ~/.ssh/config's for the address then, else the above.
+    unset: tuple[str, ...] = ()
 
     @property
     def is_master(self) -> bool:

@@ -225,6 +225,21 @@ def test_ssh_runs_a_command_on_the_node_and_passes_its_exit_status(ssh_nodes, tm
     assert failed.returncode == 3
 
 
+def test_ssh_logs_in_with_the_port_and_user_of_ssh_config_where_the_hosts_entry_leaves_them_out(
+    ssh_nodes, home, tmp_path
+):
+    from test_nodes import ssh_config_hosts
+
+    config = ssh_config_hosts(ssh_nodes, home, "nobody")  # nobody's shell refuses: proof of the user
+    env = dict(os.environ, HOME=str(home))
+    done = run_inv(tmp_path, "ssh", "calico-02", "-c", "id -un", config=config, env=env, process=True)
+    assert done.returncode == 1
+    assert "This account is currently not available." in done.stdout + done.stderr
+    config = ssh_config_hosts(ssh_nodes, home, "core")
+    done = run_inv(tmp_path, "ssh", "calico-02", "-c", "id -un", config=config, env=env, process=True)
+    assert (done.returncode, done.stdout) == (0, "core\n"), done.stderr
+
+
 def test_ssh_without_a_node_lists_the_nodes_and_how_to_log_in(tmp_path):
     config = make_config(tmp_path)
     config["cluster"].update(
