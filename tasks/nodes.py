@@ -234,6 +234,37 @@ class HostKeyCheck:
 
 
 @functools.cache
+def _logged_class() -> type:
+    """A Fabric Connection whose run and sudo record each command in the run log (runlog), made on first use."""
+    import fabric
+    from invoke import UnexpectedExit
+
+    from tasks import runlog
+
+    def logged(method):
+        def call(self, command, **kwargs):
+            where = f"{self.node_name} ({self.host}:{self.port})"
+            try:
+                result = method(self, command, **kwargs)
+            except UnexpectedExit as err:
+                runlog.record_result(self.log_folder, where, err.result)
+                raise
+            except Exception as err:
+                runlog.record(self.log_folder, where, command, f"not finished: {describe(err)}")
+                raise
+            runlog.record_result(self.log_folder, where, result)
+            return result
+
+        return call
+
+    return type(
+        "LoggedConnection",
+        (fabric.Connection,),
+        {"run": logged(fabric.Connection.run), "sudo": logged(fabric.Connection.sudo)},
+    )
+
+
+@functools.cache
 def _policy_class() -> type:
     """HostKeyCheck as a paramiko MissingHostKeyPolicy, made on first use: importing this module imports no paramiko."""
     import paramiko
@@ -304,7 +335,16 @@ def _guard(conn, node: str, rule: HostKeyRule, ssh_config: bool) -> None:
         hop = hop.gateway
 
 
-def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool, rule: HostKeyRule, node: str = ""):
+def _connection(
+    base_config,
+    target,
+    ssh_timeout: int,
+    load_ssh_config: bool,
+    rule: HostKeyRule,
+    node: str = "",
+    log_folder: Path | None = None,
+):
+    """A Fabric connection to `target` (not opened yet); with `log_folder`, its commands go to the run log there."""
     import fabric
 
     from tasks import settings
@@ -321,7 +361,10 @@ def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool, ru
     if target.key_files:
         # Only the given key: an agent's or ~/.ssh's keys, tried first, may exhaust the server's MaxAuthTries.
         kwargs.update(key_filename=list(target.key_files), look_for_keys=False, allow_agent=False)
-    conn = fabric.Connection(target.host, user=target.user, port=target.port, config=cfg, connect_kwargs=kwargs)
+    kind = _logged_class() if log_folder is not None else fabric.Connection
+    conn = kind(target.host, user=target.user, port=target.port, config=cfg, connect_kwargs=kwargs)
+    if log_folder is not None:
+        conn._set(log_folder=log_folder, node_name=node or target.host)
     _guard(conn, node or target.host, rule, load_ssh_config)
     return conn
 
@@ -416,6 +459,7 @@ class Nodes:
                 self.provider.load_ssh_config,
                 self.rule,
                 name,
+                log_folder=self.project.output_dir,
             )
             for name in self.names
         }

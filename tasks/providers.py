@@ -132,8 +132,12 @@ class Vagrant(Provider):
 
         if not shutil.which("vagrant"):
             raise StepError(VAGRANT_INSTALL)
+        from tasks import runlog
+
         with self.c.cd(str(ROOT)):
-            return self.c.run(f"vagrant {args}", in_stream=False, env=self.env(), **kwargs)
+            result = self.c.run(f"vagrant {args}", in_stream=False, env=self.env(), **kwargs)
+        runlog.record_result(self.project.output_dir, "host", result)
+        return result
 
     def _rendered(self) -> None:
         from tasks import render
