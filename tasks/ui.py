@@ -6,10 +6,14 @@ import sys
 
 
 def console(stderr: bool = False):
+    """The rich console every table and bar goes through: no styles at all when NO_COLOR is set (no-color.org)."""
+    import os
+
     from rich.console import Console
 
+    plain = bool(os.environ.get("NO_COLOR"))
     # highlight=False: addresses and versions are printed as they are, not recoloured.
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, color_system=None if plain else "auto")
 
 
 def table(title: str, columns, rows) -> None:
