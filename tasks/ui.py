@@ -6,10 +6,14 @@ import sys
 
 
 def console(stderr: bool = False):
+    """The rich console every table and bar goes through: no styles at all when NO_COLOR is set (no-color.org)."""
+    import os
+
     from rich.console import Console
 
+    plain = bool(os.environ.get("NO_COLOR"))
     # highlight=False: addresses and versions are printed as they are, not recoloured.
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, color_system=None if plain else "auto")
 
 
 def table(title: str, columns, rows) -> None:
@@ -53,6 +57,12 @@ def last_line(text: str) -> str:
     """The last non-empty line of a command's output: usually its error message."""
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "no output"
+
+
+def indented(text: str) -> str:
+    """A program's whole message, to follow a line of ours: each line indented, blank lines left out."""
+    lines = [f"  {line.rstrip()}" for line in (text or "").splitlines() if line.strip()]
+    return "\n".join(lines) if lines else "  (no output)"
 
 
 def progress(message: str) -> None:
