@@ -476,7 +476,7 @@ class Nodes:
                 self.provider.load_ssh_config,
                 self.rule,
                 name,
-                log_folder=self.project.output_dir,
+                log_folder=None if self.rule.dry else self.project.output_dir,  # doctor writes nothing
             )
             for name in self.names
         }
