@@ -53,10 +53,15 @@ def transfer_bars():
     )
 
 
+# Lines programs print after their error that say nothing about it (kubeadm's, kubectl's).
+HINTS = ("To see the stack trace of this error", "Run 'kubectl ")
+
+
 def last_line(text: str) -> str:
-    """The last non-empty line of a command's output: usually its error message."""
+    """The last non-empty line of a command's output that is not a generic hint: usually its error message."""
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
+    telling = [line for line in lines if not line.strip().startswith(HINTS)] or lines
+    return telling[-1].strip() if telling else "no output"
 
 
 def indented(text: str) -> str:
