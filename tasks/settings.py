@@ -65,6 +65,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "paths": {"downloads": str, "output": str},
     "download": {
         "parallel": int,
+        "connections": int,
         "timeout": int,
         "retries": int,
         "lock_file": str,
@@ -200,13 +201,14 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Downloads:
-    parallel: int
+    parallel: int  # files at once
     timeout: int
     retries: int
     lock_file: Path
     mirrors: dict = field(hash=False)
     artifacts: tuple[Artifact, ...] = ()
     allow_http: bool = False  # plain http:// URLs and redirects to them accepted
+    connections: int = 8  # HTTP connections at once for the bodies, over all files (a large file gets several)
 
 
 @dataclass(frozen=True)
@@ -521,7 +523,7 @@ def _roles(key: str, value, stack: Stack) -> tuple[str, ...]:
 
 def _downloads(config: dict, folder: Path, stack: Stack) -> Downloads:
     dl = config["download"]
-    for key in ("parallel", "timeout", "retries"):
+    for key in ("parallel", "connections", "timeout", "retries"):
         positive(f"download.{key}", dl[key])
     if not dl["lock_file"]:
         raise ConfigError("download.lock_file", dl["lock_file"], "a file path like downloads.lock")
@@ -569,6 +571,7 @@ def _downloads(config: dict, folder: Path, stack: Stack) -> Downloads:
         mirrors=mirrors,
         artifacts=tuple(found),
         allow_http=dl["allow_http"],
+        connections=dl["connections"],
     )
 
 

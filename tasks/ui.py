@@ -41,13 +41,27 @@ def table(title: str, columns, rows) -> None:
 
 def transfer_bars():
     """A live display of byte transfers (bar, bytes, speed, time left) for the terminal."""
+    from rich import filesize
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.text import Text
+
+    class Speed(TransferSpeedColumn):
+        """Rich's recent speed, else the average since the start: rich forgets its samples whenever a task's
+        total changes (the total bar's grows as each file starts), and would show `?` until new ones come."""
+
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            if speed is None and task.elapsed and task.completed:
+                speed = task.completed / task.elapsed
+            if speed is None:
+                return Text("?", style="progress.data.speed")
+            return Text(f"{filesize.decimal(int(speed))}/s", style="progress.data.speed")
 
     return Progress(
         TextColumn("{task.description:<24}"),
         BarColumn(),
         DownloadColumn(),
-        TransferSpeedColumn(),
+        Speed(),
         TimeRemainingColumn(),
         console=console(),
     )
