@@ -1,4 +1,4 @@
-"""Bring up a Kubernetes cluster with Calico networking on CoreOS VMs.
+"""Bring up a Kubernetes cluster with Calico networking on Flatcar (or, for study, CoreOS) VMs or existing machines.
 
 Invoke's root collection. The step modules live in the `tasks/` folder, which
 this module makes its package (see docs/design.md), so `tasks.render` etc.

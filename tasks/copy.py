@@ -510,6 +510,7 @@ def copy_to(
     name: str = "",
     stop: threading.Event | None = None,
     extra: list[str] | None = None,
+    force: bool = False,
 ) -> Report:
     """Bring one node up to date over one SSH connection and one SFTP session.
 
@@ -517,6 +518,8 @@ def copy_to(
     `bars`, on a terminal, shows the bytes sent to node `name`. Once `stop` is
     set (Ctrl-C), the copy removes its temporary files and raises Interrupted.
     Those of the files `extra` that are there are removed (see `unused`).
+    `force`: every file is sent and the activation runs, changed or not.
+    The report names files as planned (~/ for the home).
     """
     import secrets
 
@@ -529,10 +532,12 @@ def copy_to(
     sftp = conn.sftp()
     home = sftp.normalize(".")
     user = conn.user
+    planned = items
     items = [
         Item(home + i.target[1:], i.mode, i.source, i.owner, i.sha256) if i.target.startswith(HOME + "/") else i
         for i in items
     ]
+    shown = {i.target: p.target for i, p in zip(items, planned, strict=True)}
     places = sorted({*_folders(i.target for i in items if not i.is_dir), home, STATE_DIR})
     extra = extra or []
     remote = parse_check(conn.run(check_command([i.target for i in items] + extra, places, home), hide=True).stdout)
@@ -543,11 +548,11 @@ def copy_to(
     sums = sums.result()
     marker = activation(activate, sums[items[-1].file])
     activated = not marker or marker in remote.activated
-    todo = needed(items, remote.files, sums, user, activated)
-    report = Report(unchanged=[i.target for i in items if i not in todo])
+    todo = list(items) if force else needed(items, remote.files, sums, user, activated)
+    report = Report(unchanged=[shown[i.target] for i in items if i not in todo])
     report.removed = [t for t in extra if remote.files.get(t, {}).get("kind") in ("regular file", "symbolic link")]
     if dry:
-        report.uploaded = [i.target for i in todo]
+        report.uploaded = [shown[i.target] for i in todo]
         return report
     go_on()
     if remote.leftovers or report.removed:  # of a run that was cut short (connection lost, killed); other roles'
@@ -593,8 +598,8 @@ def copy_to(
     result = conn.run(_sudo(script), hide=True, warn=True)
     lines = result.stdout.splitlines()
     done = {line[5:] for line in lines if line.startswith("done|")}
-    report.uploaded = [i.target for i in todo if i.target in done]
-    report.failed = [i.target for i in todo if i.target not in done]
+    report.uploaded = [shown[i.target] for i in todo if i.target in done]
+    report.failed = [shown[i.target] for i in todo if i.target not in done]
     if result.failed:
         if report.failed:
             report.error = f"{report.failed[0]}: exited {result.exited}: {last_line(result.stderr)}"
@@ -610,37 +615,48 @@ def copy_to(
     return report
 
 
-def _dry_tables(cluster: Cluster, wanted: dict[str, list[Item]], activate: str) -> None:
+def _dry_tables(cluster: Cluster, wanted: dict[str, list[Item]], activate: str, reports: dict) -> None:
+    """Per node: every file it would get, marked as `inv copy` would treat it (upload, or already there)."""
     from tasks import ui
 
     for node in cluster.nodes:
+        report = reports.get(node.name)
+        if report is None:
+            continue  # the node did not answer: the summary names it
+        sent = set(report.uploaded)
         rows = [
             (
                 i.target,
+                "upload" if i.target in sent else "unchanged",
                 "directory" if i.is_dir else f"{i.mode:04o}",
                 node.user if i.owner == "user" else i.owner,
                 i.source or "",
             )
             for i in wanted[node.name]
         ]
+        rows += [(target, "remove", "", "", "(not for its role)") for target in report.removed]
         if activate:
-            rows.append(("(then run)", "", "root", activate))
-        ui.table(f"{node.name} would get", ("target", "mode", "owner", "from"), rows)
+            rows.append(("(then run)", "run" if sent else "no", "", "root", activate))
+        ui.table(f"{node.name} would get", ("target", "action", "mode", "owner", "from"), rows)
 
 
 @task(
     help={
-        "dry": "Print what each node would get and what is already there; change nothing "
-        "(the nodes must answer over SSH)."
+        "dry": "Print, per node and per file, what would be uploaded and what is already there; change nothing "
+        "(the nodes must answer over SSH).",
+        "force": "Send every file and run the activation again, even where nothing changed.",
     }
 )
 @exits
-def copy(c, dry=False):
-    """Copy binaries, PKI, manifests and each node's cloud-config (last) to every node over SSH.
+def copy(c, dry=False, force=False):
+    """Copy binaries, certificates, manifests and each node's configuration (last) to every node over SSH.
 
-    Unchanged files (same sha256, mode and owner) are skipped; the cloud-config
-    at cluster.user_data_path is installed last, then cluster.activate_command
-    runs ({path} is that path).
+    Each node gets what its role needs. Unchanged files (same sha256, mode and
+    owner) are skipped; the node's configuration (the seed's cloud-config, the
+    current stack's kubeadm configuration) goes to cluster.user_data_path last,
+    then cluster.activate_command runs ({path} is that path): for the current
+    stack, activate.sh (kubeadm init on the master, kubeadm join on the
+    workers, once).
     """
     from tasks.nodes import Nodes
 
@@ -648,18 +664,16 @@ def copy(c, dry=False):
     project.stack.check_step("copy")
     wanted = plan(project)
     with Nodes(c, project) as group:
-        copy_all(project.cluster, wanted, group, dry)
+        copy_all(project.cluster, wanted, group, dry, force)
 
 
-def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool = False) -> None:
+def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool = False, force: bool = False) -> None:
     """Bring every node up to date over the `Nodes` group (from `plan`): a table, then NodesFailed if any failed."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tasks import ui
 
     activate = cluster.activate_command.replace("{path}", shlex.quote(cluster.user_data_path))
-    if dry:
-        _dry_tables(cluster, wanted, activate)
     bars = ui.transfer_bars() if not dry and ui.console().is_terminal else None
     stop = threading.Event()
     extra = unused(wanted)
@@ -669,7 +683,16 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool =
         work = background.submit(
             group.attempt,
             lambda name, conn: copy_to(
-                conn, wanted[name], sums, activate, dry=dry, bars=bars, name=name, stop=stop, extra=extra[name]
+                conn,
+                wanted[name],
+                sums,
+                activate,
+                dry=dry,
+                bars=bars,
+                name=name,
+                stop=stop,
+                extra=extra[name],
+                force=force,
             ),
         )
         try:
@@ -680,6 +703,8 @@ def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool =
             ui.progress("interrupted: stopping the copies and removing their temporary files from the nodes")
             work.result()
             raise
+    if dry:
+        _dry_tables(cluster, wanted, activate, reports)
     rows: list[tuple] = []
     for node in cluster.nodes:
         if node.name in failures:

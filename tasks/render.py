@@ -210,11 +210,13 @@ def render_all(project: Project) -> tuple[list[str], list[str]]:
 @task(help={"quiet": "Print nothing but errors."})
 @exits
 def render(c, quiet=False):
-    """Render each node's cloud-config, the PKI and the cluster description.
+    """Render each node's configuration, the PKI and the cluster description, all decided on this machine.
 
-    Output goes to paths.output (cloud-config/out): nodes/<name>.yaml,
-    network-environment, manifests/, pki/, cluster.json. Re-running with the
-    same configuration rewrites nothing.
+    Output goes to paths.output (cloud-config/out): nodes/<name>.yaml (the
+    current stack's kubeadm configuration, the seed's cloud-config), the
+    stack's unit and configuration files, manifests/, pki/ (the CA and, for
+    the current stack, a bootstrap token and the admin kubeconfig),
+    cluster.json. Re-running with the same configuration rewrites nothing.
     """
     from tasks import ui
 

@@ -258,18 +258,33 @@ def probes(project: Project, group) -> list[Probe]:
     return checks
 
 
-def report(results: list[Result], as_json: bool, timeout: float) -> None:
+def remedies_for(results: list[Result], remedies: dict) -> dict[str, str]:
+    """What to do about each failed check that has a remedy (the stack's checks.remedies), in check order."""
+    failed = dict.fromkeys(r.check for r in results if not r.ok)
+    return {check: remedies[check] for check in failed if check in remedies}
+
+
+def report(results: list[Result], as_json: bool, timeout: float, remedies: dict | None = None) -> None:
     from tasks import ui
 
+    todo = remedies_for(results, remedies or {})
     if as_json:
         print(
             json.dumps(
-                {"ok": all(r.ok for r in results), "timeout": timeout, "checks": [asdict(r) for r in results]}, indent=2
+                {
+                    "ok": all(r.ok for r in results),
+                    "timeout": timeout,
+                    "checks": [asdict(r) for r in results],
+                    "remedies": todo,
+                },
+                indent=2,
             ),
             flush=True,
         )
         return
     ui.table("Cluster checks", ("check", "node", "result", "detail"), kube.table_rows(results))
+    if todo:
+        ui.table("What to do", ("check", "remedy"), list(todo.items()))
 
 
 @task(
@@ -280,7 +295,7 @@ def report(results: list[Result], as_json: bool, timeout: float) -> None:
 )
 @exits
 def verify(c, timeout=None, json=False):
-    """Check the running cluster, as the seed does by hand.
+    """Check the running cluster: nodes, pods, DNS, BGP mesh and web UI, with what to do about each failure.
 
     Every node registered and Ready; every kube-system pod and busybox running
     and ready; the API service's name looked up in busybox and answered by the
@@ -295,7 +310,7 @@ def verify(c, timeout=None, json=False):
     wait = kube.seconds(timeout, project.verify.timeout)
     with Nodes(c, project) as group:
         results = kube.run_checks(probes(project, group), wait, project.verify.interval)
-    report(results, json, wait)
+    report(results, json, wait, project.stack.checks.get("remedies"))
     if not all(r.ok for r in results):
         raise StepError(failure_message(results))
     if not json:

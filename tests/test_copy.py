@@ -258,11 +258,32 @@ def test_dry_prints_what_each_node_would_get_and_changes_nothing(ssh_nodes, cfg,
     for node in ssh_nodes.names:
         assert f"{node} would get" in done.stdout
         assert node_files(ssh_nodes, node) == []
-    assert "/srv/kubernetes/server.key\t0600\troot\t" in done.stdout
-    assert "~/skydns.yaml\t0644\tcore\t" in done.stdout
+    assert "/srv/kubernetes/server.key\tupload\t0600\troot\t" in done.stdout
+    assert "~/skydns.yaml\tupload\t0644\tcore\t" in done.stdout
     assert {n: r[:3] for n, r in rows(done.stdout).items()} == {
         n: [str(len(expected(cfg, n))), "0", "0"] for n in ssh_nodes.names
     }
+
+
+def test_dry_marks_each_file_and_force_sends_everything_and_activates_again(ssh_nodes, cfg, tmp_path):
+    assert run_inv(tmp_path, "copy", config=cfg).returncode == 0
+    manifest = Path(cfg["paths"]["output"]) / "manifests" / "busybox.yaml"
+    manifest.write_text(manifest.read_text() + "# changed\n")
+    dry = run_inv(tmp_path, "copy", "--dry", config=cfg)
+    assert dry.returncode == 0, dry.stderr
+    marks = [line.split("\t")[:2] for line in dry.stdout.splitlines() if line.startswith(("/", "~", "("))]
+    assert ["~/busybox.yaml", "upload"] in marks
+    assert ["/srv/kubernetes/server.key", "unchanged"] in marks and ["/opt/bin/kubelet", "unchanged"] in marks
+    # The master's configuration goes again after a change (and is activated); the workers' stay.
+    uploads = [target for target, action in marks if action == "upload"]
+    assert uploads == ["~/busybox.yaml", cfg["cluster"]["user_data_path"]]
+    forced = run_inv(tmp_path, "copy", "--force", config=cfg)
+    assert forced.returncode == 0, forced.stderr
+    assert {n: r[:3] for n, r in rows(forced.stdout).items()} == {
+        n: [str(len(expected(cfg, n))), "0", "0"] for n in ssh_nodes.names
+    }
+    for node in ssh_nodes.names:
+        assert len(list(ssh_nodes.path(node, "/var/lib/standin").glob("activated-[0-9]*"))) == 2
 
 
 def test_a_stopped_node_is_named_while_the_others_complete(ssh_nodes, cfg, tmp_path):

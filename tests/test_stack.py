@@ -132,3 +132,10 @@ def test_stack_defaults_are_overridden_key_by_key(tmp_path):
     assert project.cluster.versions["calicoctl"] == "v0.15.0"
     assert project.values["versions"]["kubernetes"] == "v1.1.8"
     assert yaml.safe_load((stack.FOLDER / "seed.yaml").read_text())["defaults"]["versions"]["kubernetes"] == "v1.1.7"
+
+
+def test_every_check_of_every_stack_has_a_remedy():
+    for name in stack.names():
+        checks = stack.load(name).checks
+        expected = {"nodes", "kube-system", "busybox", "dns", "bgp", checks["ui_name"]}
+        assert set(checks["remedies"]) == expected, name

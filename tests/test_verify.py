@@ -281,12 +281,18 @@ def verify_fails(tmp_path, config, *checks: str) -> str:
     message = done.stderr.strip()
     assert message.startswith(f"verify failed: {len(checks)} check(s) ({', '.join(checks)}): "), message
     assert {row[0] for row in results(done.stdout) if row[2] == "FAILED"} == set(checks)
+    # Under the table, what to do about each failed check: the stack's remedy, and no other.
+    remedies = project(config).stack.checks["remedies"]
+    told = done.stdout[done.stdout.index("What to do") :]
+    assert [line.split("\t")[0] for line in told.splitlines()[2:] if "\t" in line] == list(checks)
+    assert all(f"{check}\t{remedies[check]}" in told for check in checks)
     return message
 
 
 def test_healthy_cluster_passes_every_check(ssh_cluster, up, scenario, ui_server, tmp_path):
     done = run_inv(tmp_path, "verify", "--timeout", "5", config=up)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "What to do" not in done.stdout
     rows = results(done.stdout)
     assert all(row[2] == "ok" for row in rows), rows
     assert [row[0] for row in rows] == ["nodes"] * 3 + ["kube-system"] * 2 + ["busybox", "dns"] + ["bgp"] * 6 + [
