@@ -270,8 +270,11 @@ def scenario(ssh_cluster, up, ui_server):
 
 
 def results(stdout: str) -> list[list[str]]:
-    """The table's rows: check, node, result, detail."""
-    return [line.split("\t") for line in stdout.splitlines() if line.count("\t") == 3][1:]
+    """The rows of the checks' table: check, node, result, detail (the matrix's table comes after it)."""
+    lines = stdout.splitlines()
+    start = lines.index("check\tnode\tresult\tdetail") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].count("\t") != 3), len(lines))
+    return [line.split("\t") for line in lines[start:end]]
 
 
 def verify_fails(tmp_path, config, *checks: str) -> str:
@@ -291,12 +294,14 @@ def test_healthy_cluster_passes_every_check(ssh_cluster, up, scenario, ui_server
     assert all(row[2] == "ok" for row in rows), rows
     assert [row[0] for row in rows] == ["nodes"] * 3 + ["kube-system"] * 2 + ["busybox", "dns"] + ["bgp"] * 6 + [
         "kube-ui"
-    ]
+    ] + ["mesh"] * 6 + ["service"] * 6
     assert [row[1] for row in rows if row[0] == "nodes"] == ssh_cluster.names
     assert ["dns", "calico-01", "ok", "kubernetes -> 10.100.0.1 from 10.100.0.10"] in rows
     assert ["bgp", "calico-02", "ok", "peer calico-03 (127.0.0.3): up, Established since 03:57:16"] in rows
     assert ui_server.requests[-1] == "/api/v1/proxy/namespaces/kube-system/services/kube-ui/"
-    assert done.stdout.rstrip().endswith("All 6 checks passed: nodes, kube-system, busybox, dns, bgp, kube-ui.")
+    assert done.stdout.rstrip().endswith(
+        "All 8 checks passed: nodes, kube-system, busybox, dns, bgp, kube-ui, mesh, service."
+    )
 
 
 def test_json_output_shape(up, scenario, tmp_path):
