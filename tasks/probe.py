@@ -394,6 +394,15 @@ class Mesh:
                 return ""
             raise
 
+    def _look(self, deadline: float, nodes: bool = False) -> tuple[dict[str, str], dict[str, dict], str]:
+        """(registered node names, when `nodes`; the probe pods; the Service's address), asked at once."""
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            listing = pool.submit(kubectl_json, self.conn(), self.kubectl, "get nodes", deadline) if nodes else None
+            pods = pool.submit(self._get, "get pods", deadline)
+            service_ip = pool.submit(self._service_ip, deadline)
+            pinned = registered(self.cluster, listing.result()) if listing else {}
+            return pinned, probe_pods(self.cluster, pods.result()), service_ip.result()
+
     def _create(self, pinned: dict[str, str], deadline: float) -> None:
         import yaml
 
@@ -410,14 +419,11 @@ class Mesh:
         """Probes in place and running, then every row's script at once: rows of checks mesh and service."""
         from tasks.nodes import describe
 
-        pinned = registered(self.cluster, kubectl_json(self.conn(), self.kubectl, "get nodes", deadline))
-        pods = probe_pods(self.cluster, self._get("get pods", deadline))
-        service_ip = self._service_ip(deadline)
+        pinned, pods, service_ip = self._look(deadline, nodes=True)
         self.touched = self.touched or bool(pods) or bool(service_ip)
         if any(node not in pods for node in pinned) or not service_ip:
             self._create(pinned, deadline)
-            pods = probe_pods(self.cluster, self._get("get pods", deadline))
-            service_ip = self._service_ip(deadline)
+            _, pods, service_ip = self._look(deadline)
         rows = [
             Result("mesh", n.name, False, "no probe: the node is not registered (see check nodes)")
             for n in self.cluster.nodes
