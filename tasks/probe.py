@@ -114,31 +114,33 @@ def registered(cluster: Cluster, listing: dict) -> dict[str, str]:
     return out
 
 
+def probe_pod(name: str, namespace: str, labels: dict[str, str], where: str, image: str) -> dict:
+    """A busybox pod pinned to node `where` (its registered name), serving its hostname on PORT."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "nodeName": where,
+            "terminationGracePeriodSeconds": 1,
+            "restartPolicy": "Always",
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", SERVE],
+                    "ports": [{"name": "http", "containerPort": PORT}],
+                }
+            ],
+        },
+    }
+
+
 def manifests(pinned: dict[str, str], image: str) -> list[dict]:
     """A probe pod pinned to each registered node ({node: registered name}) and the Service in front of them."""
     key, value = LABEL
-    docs: list[dict] = [
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod_name(node), "namespace": NAMESPACE, "labels": {key: value}},
-            "spec": {
-                "nodeName": where,
-                "terminationGracePeriodSeconds": 1,
-                "restartPolicy": "Always",
-                "containers": [
-                    {
-                        "name": "probe",
-                        "image": image,
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": ["sh", "-c", SERVE],
-                        "ports": [{"name": "http", "containerPort": PORT}],
-                    }
-                ],
-            },
-        }
-        for node, where in pinned.items()
-    ]
+    docs = [probe_pod(pod_name(node), NAMESPACE, {key: value}, where, image) for node, where in pinned.items()]
     docs.append(
         {
             "apiVersion": "v1",
@@ -166,20 +168,34 @@ def probe_pods(cluster: Cluster, listing: dict) -> dict[str, dict]:
 # -- pure: the script and what busybox says -------------------------------------------------
 
 
-def sweep_script(pods: dict[str, str], service_ip: str, api_ip: str) -> str:
-    """One shell script for a probe pod: ping and wget each of `pods` ({label: pod address}), wget the
-    Service and the API service; all at once, each result printed whole under `### LABEL PROTO STATUS`."""
+def script(jobs: list[tuple[str, str]]) -> str:
+    """A shell script running each (`LABEL PROTO`, command) at once, each result printed whole under
+    `### LABEL PROTO STATUS` (one write, so results do not interleave)."""
     lines = ['run() { key=$1; shift; out=$("$@" 2>&1); printf "### %s %s\\n%s\\n" "$key" "$?" "$out"; }']
+    lines += [f"run {shlex.quote(key)} {command} &" for key, command in jobs]
+    return "\n".join([*lines, "wait"])
+
+
+def fetch(url: str) -> str:
+    return f"wget -q -O - -T {WAIT} {url}"
+
+
+def sweep_script(pods: dict[str, str], service_ip: str, api_ip: str) -> str:
+    """A probe pod's script: ping and fetch each of `pods` ({label: pod address}), fetch the Service and the
+    API service."""
+    jobs = []
     for label, address in pods.items():
-        lines.append(f"run {shlex.quote(label + ' icmp')} ping -c 1 -W {WAIT} {address} &")
-        lines.append(f"run {shlex.quote(label + ' tcp')} wget -q -O - -T {WAIT} http://{address}:{PORT}/ &")
+        jobs += [
+            (f"{label} icmp", f"ping -c 1 -W {WAIT} {address}"),
+            (f"{label} tcp", fetch(f"http://{address}:{PORT}/")),
+        ]
+    prelude = ""
     if service_ip:  # tried up to 3 times: one try may land on a probe that the mesh shows unreachable
-        get = f"wget -q -O - -T {WAIT} http://{service_ip}:{SERVICE_PORT}/"
-        lines.append(f"service() {{ {get} || {get} || {get}; }}")
-        lines.append("run 'service tcp' service &")
-    lines.append(f"run 'api tcp' wget -q -O - -T {WAIT} https://{api_ip}:{API_PORT}/version &")
-    lines.append("wait")
-    return "\n".join(lines)
+        get = fetch(f"http://{service_ip}:{SERVICE_PORT}/")
+        prelude = f"service() {{ {get} || {get} || {get}; }}\n"
+        jobs.append(("service tcp", "service"))
+    jobs.append(("api tcp", fetch(f"https://{api_ip}:{API_PORT}/version")))
+    return prelude + script(jobs)
 
 
 def parse_sweep(text: str) -> dict[tuple[str, str], tuple[int, str]]:
@@ -351,6 +367,104 @@ def matrix_json(cells: list[Cell]) -> list[dict]:
     ]
 
 
+# -- pure: policy (stack current) ----------------------------------------------------------
+
+POLICY_LABEL = ("inv-verify", "net-policy")  # the scratch namespace of each run
+POLICY_SECONDS = 20  # how long a NetworkPolicy may take to be enforced, each way
+NETPOL = "networking.k8s.io/v1"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Tries of the client reaching the target until it `held` (reachable as wanted): how long it took, or the
+    bound (POLICY_SECONDS) when it did not hold; the last try's outcome."""
+
+    held: bool
+    seconds: float
+    last: Outcome
+
+
+def policy_manifests(namespace: str, client_at: str, target_at: str, image: str) -> list[dict]:
+    """The scratch namespace, a client pod and a target pod in it, pinned to two nodes (registered names)."""
+    key, value = POLICY_LABEL
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {key: value}}},
+        probe_pod("client", namespace, {"role": "client"}, client_at, image),
+        probe_pod("target", namespace, {"role": "target"}, target_at, image),
+    ]
+
+
+def deny_all(namespace: str) -> dict:
+    """Default deny: every pod of the namespace takes no ingress."""
+    return {
+        "apiVersion": NETPOL,
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny", "namespace": namespace, "labels": dict([POLICY_LABEL])},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+
+
+def allow_client(namespace: str) -> dict:
+    """The client may reach the target's PORT again."""
+    return {
+        "apiVersion": NETPOL,
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-client", "namespace": namespace, "labels": dict([POLICY_LABEL])},
+        "spec": {
+            "podSelector": {"matchLabels": {"role": "target"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                    "ports": [{"protocol": "TCP", "port": PORT}],
+                }
+            ],
+        },
+    }
+
+
+def policy_results(
+    node: str, namespace: str, baseline: Outcome, deny: Phase | None, allow: Phase | None
+) -> list[Result]:
+    """Rows of check `policy` (on the target's node): reachable first, denied, then allowed again, each in time."""
+    if not baseline.ok:
+        why = f"{baseline.failure}: {baseline.message}"
+        return [
+            Result(
+                "policy",
+                node,
+                False,
+                f"the target in {namespace} is unreachable before any policy ({why}): see check mesh",
+            )
+        ]
+    said: list[tuple[bool, str]] = []
+    if deny is not None and deny.held:
+        said.append(
+            (True, f"default-deny enforced after {deny.seconds:.1f} s ({deny.last.failure}: {deny.last.message})")
+        )
+    elif deny is not None:
+        said.append(
+            (
+                False,
+                f"default-deny not enforced within {deny.seconds:g} s: the target still answers TCP {PORT}; "
+                f"is calico-node running on {node} (`kubectl -n kube-system get pods -l k8s-app=calico-node "
+                f"-o wide`), and is Calico the CNI plugin there (`/etc/cni/net.d`)?",
+            )
+        )
+    if allow is not None and allow.held:
+        said.append((True, f"allow rule honoured after {allow.seconds:.1f} s"))
+    elif allow is not None:
+        said.append(
+            (
+                False,
+                f"the allow rule did not open TCP {PORT} within {allow.seconds:g} s ({allow.last.failure}: "
+                f"{allow.last.message}): look at calico-node's log on {node} "
+                f"(`kubectl -n kube-system logs <its calico-node pod> -c calico-node`)",
+            )
+        )
+    return [Result("policy", node, ok, detail) for ok, detail in said]
+
+
 # -- effects ------------------------------------------------------------------------------
 
 
@@ -362,23 +476,33 @@ class Mesh:
     mesh.cells   # the last sweep's matrix
     """
 
-    def __init__(self, project: Project, group, keep: bool = False):
+    def __init__(self, project: Project, group, keep: bool = False, policy: bool | None = None):
         self.project, self.group, self.keep = project, group, keep
         self.cluster = project.cluster
         self.kubectl = shlex.quote(project.artifact("kubectl").target)
         self.image = probe_image(kube.documents(project))
         self.cells: list[Cell] = []
         self.touched = False  # whether this run may have made objects (or found kept ones) to remove
+        # NetworkPolicy: stack current (Kubernetes 1.1 has none).
+        wanted = project.stack.name == "current" if policy is None else policy
+        self.policy = Policy(self) if wanted else None
 
     def __enter__(self) -> Mesh:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.touched and not self.keep:
-            self.remove()
+        try:
+            if self.touched and not self.keep:
+                self.remove()
+        finally:
+            if self.policy is not None:
+                self.policy.remove()  # whatever happened, --keep or not
 
     def checks(self) -> list[Probe]:
-        return [kube.guarded("mesh", self.cluster.master.name, self.sweep)]
+        checks = [kube.guarded("mesh", self.cluster.master.name, self.sweep)]
+        if self.policy is not None:
+            checks.append(kube.guarded("policy", self.cluster.master.name, self.policy.check))
+        return checks
 
     def conn(self):
         return self.group.conn(self.cluster.master.name)
@@ -404,16 +528,23 @@ class Mesh:
             return pinned, probe_pods(self.cluster, pods.result()), service_ip.result()
 
     def _create(self, pinned: dict[str, str], deadline: float) -> None:
+        self.touched = True
+        self.create(manifests(pinned, self.image), deadline)
+
+    def create(self, docs: list[dict], deadline: float) -> None:
+        """`kubectl create -f -` of `docs`; objects that exist already are fine (CheckError otherwise)."""
         import yaml
 
         from tasks.addons import create_outcome
 
-        text = yaml.safe_dump_all(manifests(pinned, self.image), sort_keys=False)
-        self.touched = True
+        text = yaml.safe_dump_all(docs, sort_keys=False)
         result = remote(self.conn(), f"printf %s {shlex.quote(text)} | {self.kubectl} create -f -", deadline)
         errors = create_outcome(result.stdout, result.stderr, result.exited)[2]
         if errors:
-            raise CheckError(f"cannot create the probes: {'; '.join(errors)}")
+            raise CheckError(
+                f"cannot create {', '.join(d['kind'] + ' ' + d['metadata']['name'] for d in docs)}: "
+                + "; ".join(errors)
+            )
 
     def sweep(self, deadline: float) -> list[Result]:
         """Probes in place and running, then every row's script at once: rows of checks mesh and service."""
@@ -465,19 +596,94 @@ class Mesh:
         return rows + [cell_result(c, self.cluster) for c in cells] + services
 
     def remove(self) -> None:
-        """Delete the probes and their Service; a failure is said on stderr (with the command), not raised."""
+        """Delete the probes and their Service."""
+        key, value = LABEL
+        self.delete(f"pods,services -l {key}={value} --namespace={NAMESPACE}", "the probes")
+
+    def delete(self, args: str, what: str) -> None:
+        """`kubectl delete ARGS`; a failure is said on stderr (with the command), not raised: the results stand."""
         from tasks import ui
 
-        key, value = LABEL
-        command = f"{self.kubectl} delete pods,services -l {key}={value} --namespace={NAMESPACE}"
+        command = f"{self.kubectl} delete {args}"
         try:
             result = remote(self.conn(), command, time.monotonic() + 60)
-            failed = result.failed and last_line(result.stderr or result.stdout)
-        except Exception as err:  # the checks' results stand; only the clean-up failed
+            failed = result.failed and "not found" not in result.stderr and last_line(result.stderr or result.stdout)
+        except Exception as err:
             failed = str(err)
         if failed:
-            ui.progress(f"warning: the probes are left on the cluster ({failed}); remove them with `{command}`")
+            ui.progress(f"warning: {what} left on the cluster ({failed}); remove them with `{command}`")
 
     def table(self) -> tuple[str, tuple[str, ...], list[tuple[str, ...]]]:
         columns, rows = matrix(self.cluster, self.cells)
         return "Pod network: ICMP and TCP from each node's probe (rows) to each other's (columns)", columns, rows
+
+
+class Policy:
+    """The policy check of one run (stack current), in a scratch namespace of its own, removed afterwards.
+
+    A client pod on the first node and a target pod on the second (pinned, as the probes): the target
+    answers; a default-deny NetworkPolicy makes it unreachable, then an allow rule for the client makes it
+    reachable again, each within POLICY_SECONDS. Another try of the check starts over from no policy.
+    """
+
+    def __init__(self, mesh: Mesh):
+        import secrets
+
+        self.mesh = mesh
+        self.namespace = f"net-policy-{secrets.token_hex(4)}"  # a fresh one per run: no wait for an old one to go
+        self.created = False
+
+    def _reach(self, address: str, deadline: float) -> Outcome:
+        job = script([("target tcp", fetch(f"http://{address}:{PORT}/"))])
+        command = f"{self.mesh.kubectl} exec client --namespace={self.namespace} -- sh -c {shlex.quote(job)}"
+        result = remote(self.mesh.conn(), command, max(deadline, time.monotonic() + SCRIPT_SECONDS))
+        found = parse_sweep(result.stdout)
+        if ("target", "tcp") not in found:
+            raise CheckError(f"cannot exec in {self.namespace}/client: {last_line(result.stderr or result.stdout)}")
+        return wget_outcome(*found[("target", "tcp")])
+
+    def _until(self, reachable: bool, address: str, deadline: float) -> Phase:
+        started = time.monotonic()
+        while True:
+            last = self._reach(address, deadline)
+            took = time.monotonic() - started
+            if last.ok == reachable:
+                return Phase(True, took, last)
+            if took >= POLICY_SECONDS:
+                return Phase(False, POLICY_SECONDS, last)
+            time.sleep(0.5)
+
+    def check(self, deadline: float) -> list[Result]:
+        mesh = self.mesh
+        nodes = registered(mesh.cluster, kubectl_json(mesh.conn(), mesh.kubectl, "get nodes", deadline))
+        if not nodes:
+            return [Result("policy", mesh.cluster.master.name, False, "no node registered (see check nodes)")]
+        client_at, target_at = (list(nodes.values()) * 2)[:2]
+        target_node = next(n for n, where in nodes.items() if where == target_at)
+        if not self.created:
+            key, value = POLICY_LABEL
+            mesh.delete(f"namespaces -l {key}={value} --wait=false", "namespaces of earlier runs")
+            self.created = True
+            mesh.create(policy_manifests(self.namespace, client_at, target_at, mesh.image), deadline)
+        listing = kubectl_json(mesh.conn(), mesh.kubectl, f"get pods --namespace={self.namespace}", deadline)
+        pods = {p["metadata"]["name"]: p for p in listing.get("items") or []}
+        waiting = [kube.pod_state(p)[1] for p in pods.values() if not kube.pod_state(p)[0]]
+        if len(pods) < 2 or waiting:
+            why = "; ".join(waiting) or "client or target missing"
+            return [Result("policy", target_node, False, f"policy pods not running yet: {why}")]
+        key, value = POLICY_LABEL
+        mesh.delete(f"networkpolicies -l {key}={value} --namespace={self.namespace}", "policies of an earlier try")
+        address = pods["target"].get("status", {}).get("podIP", "")
+        baseline = self._reach(address, deadline)
+        deny = allow = None
+        if baseline.ok:
+            mesh.create([deny_all(self.namespace)], deadline)
+            deny = self._until(False, address, deadline)
+            if deny.held:
+                mesh.create([allow_client(self.namespace)], deadline)
+                allow = self._until(True, address, deadline)
+        return policy_results(target_node, self.namespace, baseline, deny, allow)
+
+    def remove(self) -> None:
+        if self.created:
+            self.mesh.delete(f"namespace {self.namespace} --wait=false", f"namespace {self.namespace}")

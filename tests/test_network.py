@@ -11,6 +11,7 @@ section (`Scenario.kubernetes["network"]`), so a test breaks exactly one path.
 from __future__ import annotations
 
 import json
+import re
 
 import test_verify
 from conftest import run_inv
@@ -189,3 +190,60 @@ def test_a_probe_that_does_not_start_is_named(up, scenario, tmp_path):
     scenario.write()
     message = verify_fails(tmp_path, up, "mesh")
     assert "mesh on calico-02: probe not running yet: net-probe-calico-02 0/1 Pending" in message
+
+
+# -- policy: stack current's check, run here on the stand-in cluster ------------------------
+#
+# `inv verify` runs it for stack current only (Kubernetes 1.1 has no NetworkPolicy). Until that
+# stack runs on the nodes, these tests drive the same `Mesh` that verify uses, with policy on, on
+# the stand-in cluster, whose kubectl evaluates NetworkPolicies (matchLabels) in its exec'd pods.
+
+
+def policy_check(config: dict) -> list:
+    """The mesh and policy checks as `inv verify` runs them, with the policy check switched on; rows of `policy`."""
+    import invoke
+
+    from tasks import kube, probe, settings
+    from tasks.nodes import Nodes
+
+    c = invoke.Context(invoke.Config(overrides=config))
+    project = settings.load(c)
+    with Nodes(c, project) as group, probe.Mesh(project, group, policy=True) as mesh:
+        rows = kube.run_checks(mesh.checks(), 2, 1)
+    return [r for r in rows if r.check == "policy"]
+
+
+def test_policy_deny_then_allow_and_the_namespace_goes(ssh_cluster, up, scenario):
+    before = objects(ssh_cluster)
+    rows = policy_check(up)
+    assert [(r.node, r.ok) for r in rows] == [("calico-02", True), ("calico-02", True)], rows
+    assert rows[0].detail.startswith("default-deny enforced after ") and rows[0].detail.endswith(
+        "(timeout: wget: download timed out)"
+    )
+    assert rows[1].detail.startswith("allow rule honoured after ")
+    assert objects(ssh_cluster) == before  # the scratch namespace, its pods and policies, and the probes: gone
+
+
+def test_policy_not_enforced_is_named_and_the_namespace_still_goes(ssh_cluster, up, scenario, monkeypatch):
+    from tasks import probe
+
+    monkeypatch.setattr(probe, "POLICY_SECONDS", 1)
+    scenario.kubernetes["network"] = {"policy": "ignored"}
+    scenario.write()
+    before = objects(ssh_cluster)
+    (row,) = policy_check(up)
+    assert not row.ok and row.node == "calico-02"
+    assert row.detail.startswith("default-deny not enforced within 1 s: the target still answers TCP 8080; ")
+    assert objects(ssh_cluster) == before
+
+
+def test_policy_target_unreachable_without_policy_points_at_the_mesh(up, scenario):
+    scenario.kubernetes["network"] = {"paths": [{"from": "127.0.0.1", "to": "127.0.0.2", "proto": "tcp"}]}
+    scenario.write()
+    (row,) = policy_check(up)
+    assert not row.ok
+    assert re.fullmatch(
+        r"the target in net-policy-[0-9a-f]{8} is unreachable before any policy "
+        r"\(timeout: wget: download timed out\): see check mesh",
+        row.detail,
+    ), row.detail

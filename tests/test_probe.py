@@ -213,3 +213,46 @@ def test_probe_pods_and_registered_names(cluster):
     nodes = {"items": [{"metadata": {"name": "172.18.18.101"}}, {"metadata": {"name": "calico-02"}}]}
     assert probe.registered(cluster, nodes) == {"calico-01": "172.18.18.101", "calico-02": "calico-02"}
     assert probe.pod_name("Worker_7.example") == "net-probe-worker-7-example"
+
+
+# -- policy (stack current) --------------------------------------------------------------
+
+
+def test_policy_objects_are_valid_and_select_what_they_say():
+    namespace = "net-policy-0a1b2c3d"
+    ns, client, target = probe.policy_manifests(namespace, "calico-01", "calico-02", "docker.io/library/busybox:1.36")
+    assert ns["metadata"] == {"name": namespace, "labels": {"inv-verify": "net-policy"}}
+    assert (client["spec"]["nodeName"], target["spec"]["nodeName"]) == ("calico-01", "calico-02")
+    deny, allow = probe.deny_all(namespace), probe.allow_client(namespace)
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}  # every pod, no ingress rule
+    assert allow["spec"]["podSelector"]["matchLabels"] == target["metadata"]["labels"]
+    (rule,) = allow["spec"]["ingress"]
+    assert rule["from"][0]["podSelector"]["matchLabels"] == client["metadata"]["labels"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    for doc in (ns, client, target, deny, allow):
+        kubernetes_validate.validate(doc, "1.25", strict=True)
+
+
+def test_policy_rows_say_which_step_failed_and_where_to_look():
+    answered = probe.Outcome(True, message="target")
+    timed_out = probe.Outcome(False, "timeout", message=TIMED_OUT)
+    held = [
+        probe.Phase(True, 1.25, timed_out),
+        probe.Phase(True, 0.5, answered),
+    ]
+    rows = probe.policy_results("calico-02", "net-policy-x", answered, *held)
+    assert rows == [
+        kube.Result("policy", "calico-02", True, f"default-deny enforced after 1.2 s (timeout: {TIMED_OUT})"),
+        kube.Result("policy", "calico-02", True, "allow rule honoured after 0.5 s"),
+    ]
+    (unreachable,) = probe.policy_results("calico-02", "net-policy-x", timed_out, None, None)
+    assert unreachable.detail == (
+        f"the target in net-policy-x is unreachable before any policy (timeout: {TIMED_OUT}): see check mesh"
+    )
+    (ignored,) = probe.policy_results("calico-02", "net-policy-x", answered, probe.Phase(False, 20, answered), None)
+    assert not ignored.ok
+    assert ignored.detail.startswith("default-deny not enforced within 20 s: the target still answers TCP 8080; ")
+    assert "is calico-node running on calico-02" in ignored.detail
+    stuck = probe.policy_results("calico-02", "net-policy-x", answered, held[0], probe.Phase(False, 20, timed_out))
+    assert [r.ok for r in stuck] == [True, False]
+    assert stuck[1].detail.startswith(f"the allow rule did not open TCP 8080 within 20 s (timeout: {TIMED_OUT}): ")
