@@ -1,9 +1,11 @@
-"""`inv addons`: the seed's `kubectl create -f` of DNS, kube-ui and busybox on the master.
+"""`inv addons`: the cluster's addons created with kubectl on the master, then their pods awaited.
 
 The manifests are the rendered ones `inv copy` put in the master's home.
-kubectl 1.1 has no `apply`: re-creating an object fails with "already
-exists", which counts as done, so a re-run changes nothing. Then the task
-waits until the pods of those manifests run.
+The seed's kubectl 1.1 has no `apply`: it does `kubectl create -f`, and
+re-creating an object fails with "already exists", which counts as done.
+Stacks with `apply` (current) use `kubectl apply -f FILE` or, for a
+kustomize folder (Calico's release manifest with this cluster's settings
+patched in), `kubectl apply -k FOLDER`. Either way a re-run changes nothing.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from tasks.settings import Cluster
 from tasks.ui import last_line
 
 EXISTS = re.compile(r'(\w+) "([^"]+)" already exists')
-# What kubectl 1.1 says while the cluster is still starting: worth asking again.
+# `kubectl apply`: "deployment.apps/headlamp created" (configured, unchanged, ...).
+APPLIED = re.compile(r"(\S+/\S+) (created|configured|unchanged|serverside-applied)")
+# What kubectl says while the cluster is still starting: worth asking again.
 STARTING = re.compile(
-    r"was refused|No API token found|couldn't read version|timed? ?out|ServiceUnavailable|"
-    r"not yet ready",
+    r"was refused|connection refused|No API token found|couldn't read version|timed? ?out|ServiceUnavailable|"
+    r"not yet ready|Unable to connect to the server|ensure CRDs are installed first",
     re.I,
 )
 
@@ -59,28 +63,58 @@ def create_outcome(stdout: str, stderr: str, exited: int) -> tuple[list[str], li
     return created, existing, errors
 
 
+def apply_outcome(stdout: str, stderr: str, exited: int) -> tuple[list[tuple[str, str]], list[str]]:
+    """`kubectl apply` output -> ([(object, what happened)], errors): one line per object, errors on stderr."""
+    done = [(m[1], m[2]) for line in stdout.splitlines() if (m := APPLIED.fullmatch(line.strip()))]
+    errors = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("Warning:")]
+    if exited and not errors:
+        errors.append(f"kubectl exited {exited}: {last_line(stdout)}")
+    return done, errors
+
+
+def outcome_rows(verb: str, name: str, result) -> tuple[list[tuple], list[str]]:
+    """One manifest's kubectl run -> (table rows, errors)."""
+    if verb == "create":
+        created, existing, failed = create_outcome(result.stdout, result.stderr, result.exited)
+        rows = [(name, what, "created") for what in created] + [(name, what, "already there") for what in existing]
+    else:
+        done, failed = apply_outcome(result.stdout, result.stderr, result.exited)
+        rows = [(name, what, how) for what, how in done]
+    return rows + [(name, why, "FAILED") for why in failed], [f"{name}: {why}" for why in failed]
+
+
 # -- effects --------------------------------------------------------------------------
 
 
-def create_all(conn, kubectl: str, files: list[str], deadline: float) -> tuple[list[tuple], list[str]]:
-    """`kubectl create -f` each file in the home folder, in order: (table rows, errors)."""
+def create_all(
+    conn, kubectl: str, files: list[str], deadline: float, verb: str = "create", folders: frozenset = frozenset()
+) -> tuple[list, list]:
+    """`kubectl create -f` (or `apply -f`; `apply -k` for `folders`) each manifest in the home folder, in order.
+
+    Returns (table rows, errors).
+    """
     listed = " ".join(shlex.quote(f) for f in files)
-    missing = remote(conn, f'for f in {listed}; do [ -f "$f" ] || echo "$f"; done', deadline).stdout.split()
+    missing = remote(conn, f'for f in {listed}; do [ -e "$f" ] || echo "$f"; done', deadline).stdout.split()
     if missing:
         raise StepError(f"{', '.join(missing)} not in the master's home folder: run `inv copy` first")
     rows, errors = [], []
     for name in files:
-        result = remote(conn, f"{kubectl} create -f {shlex.quote(name)}", deadline)
-        created, existing, failed = create_outcome(result.stdout, result.stderr, result.exited)
-        rows += [(name, what, "created") for what in created]
-        rows += [(name, what, "already there") for what in existing]
-        rows += [(name, why, "FAILED") for why in failed]
-        errors += [f"{name}: {why}" for why in failed]
+        how = "-k" if name in folders else "-f"
+        result = remote(conn, f"{kubectl} {verb} {how} {shlex.quote(name)}", deadline)
+        more_rows, more_errors = outcome_rows(verb, name, result)
+        rows += more_rows
+        errors += more_errors
     return rows, errors
 
 
 def create_until(
-    conn, kubectl: str, files: list[str], deadline: float, interval: float
+    conn,
+    kubectl: str,
+    files: list[str],
+    deadline: float,
+    interval: float,
+    verb: str = "create",
+    folders: frozenset = frozenset(),
 ) -> tuple[list[tuple], list[str]]:
     """`create_all` again, while its errors are those of a starting cluster, until the deadline.
 
@@ -95,7 +129,7 @@ def create_until(
     said = [0.0]
 
     def attempt():
-        rows, errors = create_all(conn, kubectl, files, deadline)
+        rows, errors = create_all(conn, kubectl, files, deadline, verb, folders)
         for manifest, what, result in rows:
             if result != "FAILED":
                 done.setdefault((manifest, what), result)  # "created" on an earlier try stays created
@@ -146,16 +180,20 @@ def wait_pods(
 def addons(c, timeout=None):
     """Create the cluster addons on the master and wait until their pods run.
 
-    `kubectl create -f` of the manifests in addons.manifests (kube-system
-    namespace and DNS, kube-ui, busybox) from the master's home folder, where
-    `inv copy` put them. Objects that already exist are fine; an API server
-    that is still starting is asked again until the timeout.
+    The manifests in addons.manifests, from the master's home folder where
+    `inv copy` put them: `kubectl create -f` for the seed (kube-system
+    namespace and DNS, kube-ui, busybox; objects that already exist are
+    fine), `kubectl apply` for the current stack (Calico, Headlamp,
+    busybox). An API server that is still starting is asked again until
+    the timeout.
     """
     from tasks import ui
     from tasks.nodes import Nodes
 
     project = settings.load(c)
     project.stack.check_step("addons")
+    verb = "apply" if project.stack.apply else "create"
+    folders = frozenset(n for n in project.addons.manifests if (project.output_dir / "manifests" / n).is_dir())
     cluster = project.cluster
     wait = kube.seconds(timeout, project.addons.timeout)
     interval = float(project.verify.interval)
@@ -166,11 +204,11 @@ def addons(c, timeout=None):
     deadline = time.monotonic() + wait
     with Nodes(c, project, names=[master]) as group:
         rows, errors = group.run(
-            lambda name, conn: create_until(conn, kubectl, files, deadline, interval), what="addons"
+            lambda name, conn: create_until(conn, kubectl, files, deadline, interval, verb, folders), what="addons"
         )[master]
-        ui.table(f"kubectl create on {master}", ("manifest", "object", "result"), rows)
+        ui.table(f"kubectl {verb} on {master}", ("manifest", "object", "result"), rows)
         if errors:
-            raise StepError(f"addons: kubectl create failed on {master}: " + "; ".join(errors))
+            raise StepError(f"addons: kubectl {verb} failed on {master}: " + "; ".join(errors))
         results = wait_pods(group[master], cluster, kubectl, expected, max(0.0, deadline - time.monotonic()), interval)
     ui.table("Addon pods", ("namespace", "node", "result", "pod"), kube.table_rows(results))
     bad = [r for r in results if not r.ok]

@@ -47,7 +47,6 @@ from tasks.nodes import Failure, NodesFailed, describe, where
 from tasks.settings import Artifact, Cluster, Project
 from tasks.ui import last_line
 
-MANIFESTS_DIR = "/opt/kubernetes/manifests"
 PKI_DEST = "/srv/kubernetes"
 HOME = "~"  # the SSH user's home, resolved per node over SFTP
 # Root's record: each installed file's sha256 with its size, inode and change time (so a re-run need
@@ -176,25 +175,69 @@ def verified(project: Project, artifacts: list[Artifact]) -> dict[str, str]:
     return found
 
 
-def plan(project: Project) -> dict[str, list[Item]]:
-    """Node name -> what it gets, in order; the cloud-config is always last.
+def stack_files(project: Project) -> list[tuple[tuple[str, ...], Item]]:
+    """The stack's rendered files with the roles that get them: its `files`, then one hosts.toml per mirror.
 
-    Each node gets the artifacts and PKI files of its role only. Raises
-    StepError, before any node is touched, when a rendered or downloaded file
-    is missing or a downloaded one does not match its pin or lock entry.
+    A secret (a key, a kubeconfig) goes to the master only and is 0600:
+    StepError for a stack file that says otherwise.
+    """
+    stack, out = project.stack, project.output_dir
+    every = tuple(stack.node_templates)
+    found = []
+    for entry in stack.files:
+        source, mode = entry["source"], int(entry.get("mode", "0644"), 8)
+        roles = tuple(entry.get("roles") or every)
+        secret = source.endswith((".key", ".conf")) and source.startswith("pki/")
+        if secret and (roles != ("master",) or mode != 0o600):
+            raise StepError(f"stack {stack.name}: files: {source} is a secret: send it to the master only, mode 0600")
+        found.append((roles, Item(entry["dest"], mode, out / source, owner=entry.get("owner", "root"))))
+    for registry in project.cluster.mirrors if stack.mirror_template else ():
+        name = f"{registry}/hosts.toml"
+        found.append((every, Item(f"{stack.mirror_dest}/{name}", 0o644, out / "containerd-certs.d" / name)))
+    return found
+
+
+def manifest_items(project: Project) -> list[Item]:
+    """Exactly the manifests `inv addons` will apply, into the master's home: files, and kustomize folders."""
+    out = project.output_dir / "manifests"
+    items = []
+    for name in project.addons.manifests:
+        path = out / name
+        if path.is_dir():
+            items += [Item(f"{HOME}/{name}/{f.name}", 0o644, f, owner="user") for f in sorted(path.iterdir())]
+        else:
+            items.append(Item(f"{HOME}/{name}", 0o644, path, owner="user"))
+    return items
+
+
+def home_folders(items: list[Item]) -> list[Item]:
+    """The folders below the home that files go to (~/.kube), made first and owned by the user."""
+    folders = {posixpath.dirname(i.target) for i in items if i.target.startswith(HOME + "/")} - {HOME}
+    return [Item(folder, 0o700, owner="user") for folder in sorted(folders)]
+
+
+def plan(project: Project) -> dict[str, list[Item]]:
+    """Node name -> what it gets, in order; the node's configuration is always last.
+
+    Each node gets the artifacts, PKI and stack files of its role only.
+    Raises StepError, before any node is touched, when a rendered or
+    downloaded file is missing or a downloaded one does not match its pin or
+    lock entry.
     """
     from tasks import render
 
     cluster, out = project.cluster, project.output_dir
     roles = list(dict.fromkeys(n.role for n in cluster.nodes))
     pki_files = {role: pki_names(project, role) for role in roles}
+    extra = [(r, i) for r, i in stack_files(project) if set(r) & set(roles)]
     rendered = [out / render.user_data_name(n.name) for n in cluster.nodes]
     rendered += [out / render.PKI_DIR / name for name in dict.fromkeys(n for r in roles for n in pki_files[r])]
-    # Exactly the manifests `inv addons` will create, not whatever lies in the folder.
-    manifests = [out / "manifests" / name for name in project.addons.manifests]
-    for path in rendered + manifests:
+    rendered += [item.file for _, item in extra]
+    rendered += [out / "manifests" / name for name in project.addons.manifests]
+    for path in rendered:
         if not path.exists():
             raise StepError(f"{path} is missing: run `inv render` first")
+    manifests = manifest_items(project)
     sent = [a for a in project.download.artifacts if set(a.roles) & set(roles)]
     for art in sent:
         if not art.path.is_file():
@@ -202,14 +245,18 @@ def plan(project: Project) -> dict[str, list[Item]]:
     sums = verified(project, sent)
     result = {}
     for node in cluster.nodes:
-        items = [Item(a.target, a.mode, a.path, sha256=sums[a.name]) for a in sent if node.role in a.roles]
-        items.append(Item(MANIFESTS_DIR, 0o755))
+        items = [
+            Item(a.target, a.mode, a.path, owner=a.owner, sha256=sums[a.name]) for a in sent if node.role in a.roles
+        ]
+        items += [Item(folder, 0o755) for folder in project.stack.folders]
         items += [
             Item(f"{PKI_DEST}/{name}", 0o600 if name.endswith(".key") else 0o644, out / render.PKI_DIR / name)
             for name in pki_files[node.role]
         ]
+        items += [item for r, item in extra if node.role in r]
         if node.is_master:
-            items += [Item(f"{HOME}/{m.name}", 0o644, m, owner="user") for m in manifests]
+            items += manifests
+        items = home_folders(items) + items
         items.append(Item(cluster.user_data_path, 0o644, out / render.user_data_name(node.name)))
         result[node.name] = items
     return result

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from tasks.errors import StepError, UsageError
 from tasks.settings import Cluster, Project
@@ -34,8 +35,8 @@ class Workload:
 
     namespace: str
     name: str
-    kind: str  # "Pod" or "ReplicationController"
-    selector: tuple = ()  # RC: sorted (label, value) pairs its pods carry
+    kind: str  # one of WORKLOAD_KINDS
+    selector: tuple = ()  # controllers: sorted (label, value) pairs their pods carry
 
     def owns(self, pod: dict) -> bool:
         meta = pod.get("metadata", {})
@@ -47,7 +48,7 @@ class Workload:
         return all(labels.get(k) == v for k, v in self.selector)
 
     def __str__(self) -> str:
-        return f"{'pod' if self.kind == 'Pod' else 'replication controller'} {self.namespace}/{self.name}"
+        return f"{WORKLOAD_KINDS[self.kind]} {self.namespace}/{self.name}"
 
 
 class CheckError(Exception):
@@ -70,34 +71,78 @@ def seconds(value, default, flag: str = "--timeout") -> float:
 
 
 def documents(project: Project) -> dict[str, list[dict]]:
-    """The rendered addon manifests (addons.manifests, in that order) as their YAML documents.
+    """The addon manifests (addons.manifests, in that order) as their YAML documents.
 
     Read from the rendered output, which `inv copy` put on the master: what
-    kubectl creates there is what is expected here.
+    kubectl creates there is what is expected here. A kustomize folder's
+    resources are its rendered files, or downloaded artifacts (Calico's
+    release manifest); its patches add no object.
     """
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # calico.yaml is large
     out = {}
     for name in project.addons.manifests:
         path = project.output_dir / "manifests" / name
-        if not path.is_file():
+        if path.is_dir():
+            files = [_resource(project, path, r) for r in _kustomization(path).get("resources") or []]
+        elif path.is_file():
+            files = [path]
+        else:
             raise StepError(f"{path} is missing: run `inv render` first")
-        out[name] = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        out[name] = [d for f in files for d in yaml.load_all(f.read_text(), Loader=loader) if d]
     return out
 
 
+def _kustomization(folder: Path) -> dict:
+    import yaml
+
+    from tasks.stack import KUSTOMIZATION
+
+    try:
+        return yaml.safe_load((folder / KUSTOMIZATION).read_text()) or {}
+    except FileNotFoundError:
+        raise StepError(f"{folder / KUSTOMIZATION} is missing: run `inv render` first") from None
+
+
+def _resource(project: Project, folder: Path, name: str) -> Path:
+    """A kustomization's resource: rendered beside it, or the downloaded artifact of that name."""
+    if (folder / name).is_file():
+        return folder / name
+    artifact = next((a for a in project.download.artifacts if a.name == name), None)
+    if artifact is None:
+        raise StepError(f"{folder.name}: resource {name} is neither rendered nor a download.artifacts entry")
+    if not artifact.path.is_file():
+        raise StepError(f"downloaded file {artifact.path} is missing: run `inv download` first")
+    return artifact.path
+
+
+# Workload kinds -> how their pods are found: by name (a bare pod) or by the labels their selector names.
+WORKLOAD_KINDS = {
+    "Pod": "pod",
+    "ReplicationController": "replication controller",
+    "Deployment": "deployment",
+    "DaemonSet": "daemon set",
+}
+
+
 def workloads(project: Project) -> list[Workload]:
-    """The pods the addon manifests run: bare pods and replication controllers' pods."""
+    """The pods the addon manifests run: bare pods, and the pods of controllers (by their selector)."""
     found = []
     for docs in documents(project).values():
         for doc in docs:
+            kind = doc.get("kind")
+            if kind not in WORKLOAD_KINDS:
+                continue
             meta = doc.get("metadata", {})
             ns = meta.get("namespace", "default")
-            if doc.get("kind") == "Pod":
+            if kind == "Pod":
                 found.append(Workload(ns, meta["name"], "Pod"))
-            elif doc.get("kind") == "ReplicationController":
-                selector = doc["spec"].get("selector") or doc["spec"]["template"]["metadata"]["labels"]
-                found.append(Workload(ns, meta["name"], "ReplicationController", tuple(sorted(selector.items()))))
+                continue
+            spec = doc.get("spec") or {}
+            selector = spec.get("selector") or spec["template"]["metadata"]["labels"]
+            selector = selector.get("matchLabels", selector) if kind != "ReplicationController" else selector
+            found.append(Workload(ns, meta["name"], kind, tuple(sorted(selector.items()))))
     return found
 
 

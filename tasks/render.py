@@ -93,7 +93,9 @@ def plan(project: Project, context: dict | None = None) -> dict[str, bytes]:
         files[f"containerd-certs.d/{registry}/hosts.toml"] = text.encode()
     manifests = _environment(stack.manifests)
     for name in stack.manifest_names():
-        files[f"manifests/{name}"] = manifests.get_template(name).render(base).encode()
+        folder = stack.manifests / name
+        for template in [f"{name}/{p.name}" for p in sorted(folder.iterdir())] if folder.is_dir() else [name]:
+            files[f"manifests/{template}"] = manifests.get_template(template).render(base).encode()
     files[DESCRIPTION] = (json.dumps(description(cluster), indent=2) + "\n").encode()
     return files
 

@@ -186,8 +186,13 @@ class Artifact:
 
     @property
     def target(self) -> str:
-        """Where it goes on the nodes."""
+        """Where it goes on the nodes (~/: the SSH user's home)."""
         return f"{self.dest.rstrip('/')}/{self.name}"
+
+    @property
+    def owner(self) -> str:
+        """ "user" for a file in the SSH user's home, else "root"."""
+        return "user" if self.dest.startswith("~/") else "root"
 
 
 @dataclass(frozen=True)
@@ -527,8 +532,8 @@ def _downloads(config: dict, folder: Path, stack: Stack) -> Downloads:
             raise ConfigError(f"{key}.name", name, "a name no other artifact has")
         upstream = _fill(f"{key}.url", entry.get("url", ""), versions)
         dest = entry.get("dest", "/opt/bin")
-        if not NODE_PATH.fullmatch(dest.rstrip("/") or "/"):
-            raise ConfigError(f"{key}.dest", dest, "an absolute folder like /opt/bin")
+        if not NODE_PATH.fullmatch(dest.rstrip("/").removeprefix("~") or "/"):
+            raise ConfigError(f"{key}.dest", dest, "an absolute folder like /opt/bin, or one in the home like ~/calico")
         mode = entry.get("mode", "0755")
         if not MODE.fullmatch(mode):
             raise ConfigError(f"{key}.mode", mode, "an octal file mode like 0755")

@@ -18,6 +18,7 @@ from tasks.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = Path(__file__).resolve().parent / "stacks"
+KUSTOMIZATION = "kustomization.yaml"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,17 @@ class Stack:
     mirror_template: str = ""
     # The steps that work for this stack; empty: all of them.
     steps: tuple = ()
+    # Empty folders `inv copy` makes on every node (root's, 0755).
+    folders: tuple = ()
+    # Rendered files `inv copy` sends besides the node's configuration, each a mapping of source
+    # (relative to the output folder), dest (on the node; ~/ is the SSH user's home), mode, roles, owner.
+    files: tuple = ()
+    # Where the mirror_template's files go on the nodes: <mirror_dest>/<registry>/hosts.toml.
+    mirror_dest: str = ""
+    # `inv addons`: `kubectl apply` (declarative, a re-run reports "unchanged") instead of the seed's `create`.
+    apply: bool = False
+    # How `inv verify` asks: see the `checks` section of tasks/stacks/seed.yaml.
+    checks: dict = field(default_factory=dict, hash=False)
 
     def check_step(self, step: str) -> None:
         """StepError when `inv STEP` cannot do its work for this stack yet: never a success over nothing done."""
@@ -51,7 +63,8 @@ class Stack:
             )
 
     def manifest_names(self) -> list[str]:
-        return sorted(p.name for p in self.manifests.glob("*.yaml"))
+        """The addon manifests: YAML files, and folders with a kustomization.yaml (`kubectl apply -k`)."""
+        return sorted(p.name for p in self.manifests.iterdir() if p.suffix == ".yaml" or (p / KUSTOMIZATION).is_file())
 
 
 def names() -> list[str]:
@@ -84,6 +97,11 @@ def load(name: str) -> Stack:
         kubeadm=bool(data.get("kubeadm")),
         steps=tuple(data.get("steps") or ()),
         mirror_template=data.get("mirror_template", ""),
+        files=tuple(data.get("files") or ()),
+        folders=tuple(data.get("folders") or ()),
+        mirror_dest=data.get("mirror_dest", ""),
+        apply=bool(data.get("apply")),
+        checks=data.get("checks") or {},
     )
 
 

@@ -26,6 +26,7 @@ from tasks.ui import last_line
 # calico-node registered the wrong interface instead of its private address.
 NAT_ADDRESS = "10.0.2.15"
 MESH = "node-to-node mesh"
+SEED_NAT_REMEDY = "it must run `calicoctl node --ip=<its private address>`"
 
 
 # -- pure: outputs -> results -------------------------------------------------------
@@ -72,13 +73,14 @@ def parse_nslookup(text: str) -> dict:
         elif line.startswith("Address") and section == "name":
             # "Address 1: 10.100.0.1 kubernetes.default.svc.cluster.local": the address is the first word.
             out["addresses"].append(line.split(":", 1)[1].split()[0])
-        elif line.startswith("nslookup:") or "can't resolve" in line:
+        elif line.startswith("nslookup:") or "can't resolve" in line or "can't find" in line or "timed out" in line:
+            # busybox 1.1x "can't resolve"; 1.28+ "** server can't find NAME: NXDOMAIN", ";; connection timed out"
             out["error"] = line
     return out
 
 
-def dns_result(cluster: Cluster, output: str, node: str) -> Result:
-    """`nslookup kubernetes` in busybox: answered by the cluster DNS with the API service address."""
+def dns_result(cluster: Cluster, output: str, node: str, name: str = "kubernetes") -> Result:
+    """`nslookup NAME` in busybox: answered by the cluster DNS with the API service address."""
     got = parse_nslookup(output)
     want_server, want = cluster.dns_ip, cluster.api_service_ip
     if not got["server"]:
@@ -91,11 +93,14 @@ def dns_result(cluster: Cluster, output: str, node: str) -> Result:
             f"resolver is {got['server']}, expected {want_server} (kubelet --cluster-dns): {last_line(output)}",
         )
     if want in got["addresses"]:
-        return Result("dns", node, True, f"kubernetes -> {want} from {want_server}")
+        return Result("dns", node, True, f"{name} -> {want} from {want_server}")
     if got["addresses"]:
-        return Result("dns", node, False, f"kubernetes -> {', '.join(got['addresses'])}, expected {want}")
+        return Result("dns", node, False, f"{name} -> {', '.join(got['addresses'])}, expected {want}")
     return Result(
-        "dns", node, False, f"{got['error'] or last_line(output)} (server {want_server}): are the kube-dns pods ready?"
+        "dns",
+        node,
+        False,
+        f"{got['error'] or last_line(output)} (server {want_server}): are the cluster DNS pods (kube-dns) ready?",
     )
 
 
@@ -118,8 +123,11 @@ def parse_bgp(text: str) -> list[dict]:
     return rows
 
 
-def bgp_results(cluster: Cluster, node: str, output: str) -> list[Result]:
-    """On `node`: every other node a node-to-node mesh peer, up and Established."""
+def bgp_results(cluster: Cluster, node: str, output: str, remedy: str = "") -> list[Result]:
+    """On `node`: every other node a node-to-node mesh peer, up and Established.
+
+    `remedy`: how calico-node is told its address (a peer at the NAT address means it was not).
+    """
     peers = parse_bgp(output)
     if "IPv4 BGP status" not in output:
         return [Result("bgp", node, False, f"{last_line(output)}: is calico-node running on {node}?")]
@@ -146,17 +154,17 @@ def bgp_results(cluster: Cluster, node: str, output: str) -> list[Result]:
                 node,
                 False,
                 f"a peer at the NAT address {NAT_ADDRESS}: calico-node on {suspects} picked the "
-                f"wrong interface; it must run `calicoctl node --ip=<its private address>`",
+                f"wrong interface; {remedy or SEED_NAT_REMEDY}",
             )
         )
     return rows
 
 
-def ui_result(url: str, stdout: str, stderr: str, node: str) -> Result:
-    """`curl -w '\\n%{http_code}' URL`: the kube-ui answers 200 through the API server proxy."""
+def ui_result(url: str, stdout: str, stderr: str, node: str, check: str = "kube-ui") -> Result:
+    """`curl -w '\\n%{http_code}' URL`: the web UI answers 200 through the API server proxy."""
     body, _, code = stdout.rstrip("\n").rpartition("\n")
     if code == "200":
-        return Result("kube-ui", node, True, f"HTTP 200 from {url}")
+        return Result(check, node, True, f"HTTP 200 from {url}")
     message = body.strip()
     try:
         message = json.loads(body).get("message", message)  # the API server's Status object
@@ -166,7 +174,14 @@ def ui_result(url: str, stdout: str, stderr: str, node: str) -> Result:
         got = f"HTTP {code}"
     else:  # curl's own complaint: refused, timed out, not installed
         got, message = "no answer", last_line(stderr or stdout)
-    return Result("kube-ui", node, False, f"{got} from {url}{': ' + message[:200] if message else ''}")
+    return Result(check, node, False, f"{got} from {url}{': ' + message[:200] if message else ''}")
+
+
+def raw_ui_result(path: str, result, node: str, check: str) -> Result:
+    """`kubectl get --raw PATH`: the web UI answers through the API server proxy (kubectl exits 0 on 2xx)."""
+    if not result.failed and result.stdout.strip():
+        return Result(check, node, True, f"answered through the API server at {path}")
+    return Result(check, node, False, f"no answer at {path}: {last_line(result.stderr or result.stdout)}")
 
 
 def failure_message(results: list[Result]) -> str:
@@ -191,6 +206,10 @@ def probes(project: Project, group) -> list[Probe]:
     busybox = [w for w in workloads if w.kind == "Pod" and w.name == "busybox"]
     busybox_ns = busybox[0].namespace if busybox else "default"
     url = project.verify.api_url.rstrip("/") + project.verify.ui_path
+    asks = project.stack.checks
+    dns_name = asks["dns_name"].format(domain=cluster.domain)
+    bgp_command = asks["bgp"].format(calicoctl=calicoctl)
+    ui_name = asks["ui_name"]
 
     def master():
         return group.conn(master_name)  # the master's checks share its connection
@@ -208,18 +227,23 @@ def probes(project: Project, group) -> list[Probe]:
         return kube.pod_results("busybox", cluster, pods, busybox)
 
     def dns(deadline):
-        result = remote(master(), f"{kubectl} exec busybox --namespace={busybox_ns} -- nslookup kubernetes", deadline)
-        return [dns_result(cluster, result.stdout + result.stderr, master_name)]
+        lookup = f"nslookup {shlex.quote(dns_name)}"
+        result = remote(master(), f"{kubectl} exec busybox --namespace={busybox_ns} -- {lookup}", deadline)
+        return [dns_result(cluster, result.stdout + result.stderr, master_name, dns_name)]
 
     def ui(deadline):
+        if asks["ui"] == "kubectl":
+            path = project.verify.ui_path
+            result = remote(master(), f"{kubectl} get --raw {shlex.quote(path)}", deadline)
+            return [raw_ui_result(path, result, master_name, ui_name)]
         left = max(1, int(deadline - time.monotonic()))
         result = remote(master(), f"curl -sS --max-time {left} -w '\\n%{{http_code}}' {shlex.quote(url)}", deadline)
-        return [ui_result(url, result.stdout, result.stderr, master_name)]
+        return [ui_result(url, result.stdout, result.stderr, master_name, ui_name)]
 
     def bgp(name):
         def probe(deadline):
-            result = remote(group.conn(name), f"{calicoctl} status", deadline)
-            return bgp_results(cluster, name, result.stdout + result.stderr)
+            result = remote(group.conn(name), bgp_command, deadline)
+            return bgp_results(cluster, name, result.stdout + result.stderr, asks.get("nat_remedy", ""))
 
         return guarded("bgp", name, probe)
 
@@ -230,7 +254,7 @@ def probes(project: Project, group) -> list[Probe]:
         guarded("dns", master_name, dns),
     ]
     checks += [bgp(name) for name in group.names]
-    checks.append(guarded("kube-ui", master_name, ui))
+    checks.append(guarded(ui_name, master_name, ui))
     return checks
 
 
@@ -260,12 +284,13 @@ def verify(c, timeout=None, json=False, keep=False):
     """Check the running cluster, as the seed does by hand.
 
     Every node registered and Ready; every kube-system pod and busybox running
-    and ready; `nslookup kubernetes` in busybox answered by the cluster DNS;
-    on every node a `node-to-node mesh` BGP session, up and Established, to
-    every other node; the kube-ui answering through the API server proxy; from
-    a probe pod on every node, every other node's probe over ICMP and TCP, the
-    probes' Service and the kubernetes service (tasks/probe.py). Exits non-zero
-    naming every failed check.
+    and ready; the API service's name looked up in busybox and answered by the
+    cluster DNS; on every node a `node-to-node mesh` BGP session, up and
+    Established, to every other node; the web UI (kube-ui, Headlamp) answering
+    through the API server proxy; from a probe pod on every node, every other
+    node's probe over ICMP and TCP, the probes' Service and the kubernetes
+    service, and (stack current) NetworkPolicy enforced (tasks/probe.py).
+    Exits non-zero naming every failed check.
     """
     from tasks.nodes import Nodes
 

@@ -48,11 +48,12 @@ def lock_downloads(config: dict) -> Path:
     stand-in downloads need a lock of their own: `config` is changed to use it
     (download.lock_file) and to pin nothing (the seed pins one real file).
     """
-    from conftest import ARTIFACTS
     from tasks import download
+    from tasks import stack as stacks
 
     section = config.setdefault("download", {})
-    section["artifacts"] = [dict(a, sha256="") for a in section.get("artifacts") or ARTIFACTS]
+    listed = section.get("artifacts") or stacks.load(config["stack"]).defaults["download"]["artifacts"]
+    section["artifacts"] = [dict(a, sha256="") for a in listed]
     downloads = project(config).downloads_dir
     lock = downloads.with_name(downloads.name + ".lock")
     section["lock_file"] = str(lock)

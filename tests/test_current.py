@@ -183,14 +183,83 @@ def test_settings_of_the_seed_alone_are_refused_with_the_current_stack(tmp_path)
     )
 
 
-@pytest.mark.parametrize("step", ["up", "copy", "addons", "verify"])
-def test_steps_not_done_yet_for_the_current_stack_say_so_and_fail(rendered, tmp_path, step):
-    config, _ = rendered
-    done = run_inv(tmp_path, step, config=config)
-    assert done.returncode == 1
-    assert done.stderr.strip().startswith(
-        f"stack current: `inv {step}` does not handle it yet (it does: download, render"
-    )
+def fake_downloads(config: dict) -> None:
+    """Files where the downloads go, recorded in a lock (what `inv copy` checks before it sends anything)."""
+    from standin_cluster import lock_downloads
+
+    folder = project(config).downloads_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    for artifact in project(config).download.artifacts:
+        artifact.path.write_bytes(b"stand-in " + artifact.name.encode())
+    lock_downloads(config)
+
+
+def test_copy_sends_each_role_its_files_and_the_kubeadm_configuration_last(tmp_path):
+    from tasks import copy
+
+    config = current_config(tmp_path, images={"mirrors": {"docker.io": "https://hub.mirror.example"}})
+    render.render_all(project(config))
+    fake_downloads(config)
+    wanted = copy.plan(project(config))
+    out = tmp_path / "out"
+    master = {i.target: i for i in wanted["calico-01"]}
+    worker = {i.target: i for i in wanted["calico-02"]}
+    for targets in (master, worker):
+        assert list(targets)[-1] == "/etc/kubernetes/kubeadm.yaml"
+        for common in (
+            "/opt/bin/kubeadm",
+            "/opt/bin/kubelet",
+            "/etc/systemd/system/kubelet.service",
+            "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
+            "/etc/containerd/config.toml",
+            "/etc/systemd/system/containerd.service.d/10-use-custom-config.conf",
+            "/etc/sysctl.d/90-kubernetes.conf",
+            "/etc/modules-load.d/kubernetes.conf",
+            "/etc/flatcar/update.conf",
+            "/etc/containerd/certs.d/docker.io/hosts.toml",
+        ):
+            assert common in targets
+    assert master["/opt/inv/activate.sh"].source == out / "activate-master.sh"
+    assert worker["/opt/inv/activate.sh"].source == out / "activate-node.sh"
+    assert master["/opt/inv/activate.sh"].mode == 0o755
+    # The CA and its key, and the admin kubeconfig: the master's alone, for its owner alone.
+    assert (master["/etc/kubernetes/inv/ca.key"].mode, master["/etc/kubernetes/inv/ca.key"].owner) == (0o600, "root")
+    assert (master["~/.kube/config"].mode, master["~/.kube/config"].owner) == (0o600, "user")
+    assert master["~/.kube"].is_dir and master["~/.kube"].owner == "user"
+    assert not any("ca.key" in t or "ca.crt" in t or ".kube" in t for t in worker)
+    # Calico's release manifest beside the kustomization that patches it, in the master's home.
+    for name in ("calico/calico.yaml", "calico/kustomization.yaml", "calico/calico-node.yaml"):
+        assert master[f"~/{name}"].owner == "user"
+        assert f"~/{name}" not in worker
+    # The seed's folders are the seed's.
+    assert "/opt/kubernetes/manifests" not in master
+
+
+def test_a_stack_file_sending_a_secret_beyond_the_master_is_refused(tmp_path, monkeypatch):
+    import dataclasses
+
+    from tasks import copy
+
+    config = current_config(tmp_path)
+    render.render_all(project(config))
+    fake_downloads(config)
+    built = project(config)
+    leaky = [dict(f, roles=None) if f["source"] == "pki/ca.key" else f for f in built.stack.files]
+    leaking = dataclasses.replace(built, stack=dataclasses.replace(built.stack, files=tuple(leaky)))
+    with pytest.raises(copy.StepError, match="pki/ca.key is a secret: send it to the master only, mode 0600"):
+        copy.plan(leaking)
+
+
+def test_the_activation_scripts_are_valid_shell_and_run_kubeadm_once(rendered):
+    _, out = rendered
+    for name, command in (
+        ("activate-master.sh", "kubeadm init --config"),
+        ("activate-node.sh", "kubeadm join --config"),
+    ):
+        text = (out / name).read_text()
+        assert subprocess.run(["sh", "-n", str(out / name)]).returncode == 0
+        assert text.count(command) == 1
+        assert "kubeadm reset --force" in text  # what an unfinished attempt left goes first
 
 
 def test_each_image_mirror_becomes_a_hosts_toml_containerd_reads(tmp_path):
@@ -236,3 +305,75 @@ def test_the_seed_has_no_use_for_image_mirrors(tmp_path):
         settings.ConfigError, match="images.mirrors = .*: expected no value: stack seed has no use for it"
     ):
         settings.build(make_config(tmp_path, images={"mirrors": {"docker.io": "https://hub.mirror.example"}}))
+
+
+def test_kubectl_apply_output_is_read_line_by_line():
+    from tasks import addons
+
+    out = "configmap/calico-config unchanged\ndaemonset.apps/calico-node configured\npod/busybox created\n"
+    err = (
+        "Warning: resource daemonsets/calico-node is missing the kubectl.kubernetes.io/last-applied-configuration "
+        'annotation\nError from server (NotFound): error when creating "busybox.yaml": namespaces "x" not found\n'
+    )
+    done, errors = addons.apply_outcome(out, err, 1)
+    assert done == [
+        ("configmap/calico-config", "unchanged"),
+        ("daemonset.apps/calico-node", "configured"),
+        ("pod/busybox", "created"),
+    ]
+    assert errors == ['Error from server (NotFound): error when creating "busybox.yaml": namespaces "x" not found']
+    assert addons.apply_outcome("", "", 2)[1] == ["kubectl exited 2: no output"]
+    refused = "The connection to the server 192.168.56.101:6443 was refused - did you specify the right host or port?"
+    assert addons.STARTING.search(refused)
+
+
+def test_the_addon_workloads_include_calico_from_the_downloaded_release_manifest(rendered):
+    from standin_cluster import STANDINS
+    from tasks import kube
+
+    config, _ = rendered
+    fake_downloads(config)
+    shutil.copyfile(STANDINS / "calico.yaml", project(config).artifact("calico.yaml").path)
+    found = {(w.kind, w.namespace, w.name): w.selector for w in kube.workloads(project(config))}
+    assert found == {
+        ("DaemonSet", "kube-system", "calico-node"): (("k8s-app", "calico-node"),),
+        ("Deployment", "kube-system", "calico-kube-controllers"): (("k8s-app", "calico-kube-controllers"),),
+        ("Deployment", "kube-system", "headlamp"): (("k8s-app", "headlamp"),),
+        ("Pod", "default", "busybox"): (),
+    }
+    project(config).artifact("calico.yaml").path.unlink()
+    with pytest.raises(kube.StepError, match="calico.yaml is missing: run `inv download` first"):
+        kube.workloads(project(config))
+
+
+def test_busybox_1_36_nslookup_and_calicoctl_v3_node_status_are_read(rendered):
+    from tasks import verify
+
+    config, _ = rendered
+    cluster = project(config).cluster
+    name = "kubernetes.default.svc.cluster.local"
+    answer = f"Server:\t\t10.96.0.10\nAddress:\t10.96.0.10:53\n\n\nName:\t{name}\nAddress: 10.96.0.1\n\n"
+    assert verify.dns_result(cluster, answer, "calico-01", name).ok
+    nx = f"Server:\t\t10.96.0.10\nAddress:\t10.96.0.10:53\n\n** server can't find {name}: NXDOMAIN\n\n"
+    result = verify.dns_result(cluster, nx, "calico-01", name)
+    assert not result.ok and f"** server can't find {name}: NXDOMAIN (server 10.96.0.10)" in result.detail
+    down = ";; connection timed out; no servers could be reached\n\ncommand terminated with exit code 1"
+    assert not verify.dns_result(cluster, down, "calico-01", name).ok
+    table = (
+        "Calico process is running.\n\nIPv4 BGP status\n"
+        "+----------------+-------------------+-------+----------+-------------+\n"
+        "|  PEER ADDRESS  |     PEER TYPE     | STATE |  SINCE   |    INFO     |\n"
+        "+----------------+-------------------+-------+----------+-------------+\n"
+        "| 192.168.56.102 | node-to-node mesh | up    | 09:53:43 | Established |\n"
+        "| 10.0.2.15      | node-to-node mesh | start | 09:53:43 | Connect     |\n"
+        "+----------------+-------------------+-------+----------+-------------+\n\n"
+        "IPv6 BGP status\nNo IPv6 peers found.\n"
+    )
+    remedy = project(config).stack.checks["nat_remedy"]
+    rows = verify.bgp_results(cluster, "calico-01", table, remedy)
+    assert [r.ok for r in rows] == [True, False, False]
+    assert "peer calico-03 (192.168.56.103): no BGP session" in rows[1].detail
+    assert rows[2].detail.endswith(
+        "its IP_AUTODETECTION_METHOD must be cidr=<cluster.network> "
+        "(manifests/current/calico/calico-node.yaml; run `inv render copy addons`)"
+    )
