@@ -175,10 +175,10 @@ def test_a_missing_result_fails_its_cell(cluster):
 
 @pytest.mark.parametrize(("stack", "image"), [("seed", "busybox"), ("current", "docker.io/library/busybox:1.36")])
 def test_one_probe_pinned_to_each_node_and_a_service_in_front(tmp_path, stack, image):
-    from tasks import render
+    from standin_cluster import prepare
 
     config = dict(make_config(tmp_path), stack=stack)
-    render.render_all(project(config))
+    prepare(config)  # rendered, and the downloads (the current stack's addons include Calico's release manifest)
     docs = probe.manifests(
         {"calico-01": "172.18.18.101", "calico-02": "calico-02"}, probe.probe_image(kube.documents(project(config)))
     )
