@@ -19,7 +19,7 @@ from tasks import errors  # noqa: E402  (after __path__: tasks/ is this module's
 sys.excepthook = errors.one_line_loading_errors(sys.excepthook)
 
 # Step modules, in the order of the procedure; each exports TASKS.
-STEPS = ("render", "download", "vm", "copy", "addons", "verify")
+STEPS = ("doctor", "render", "download", "vm", "copy", "addons", "verify")
 
 ns = Collection()
 for step in STEPS:

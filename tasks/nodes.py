@@ -72,7 +72,15 @@ _known_hosts_lock = threading.Lock()  # the threads of one run record keys in th
 
 
 class HostKeyRefused(StepError):
-    """A host key that is not accepted; the message names it, says why and how to accept it."""
+    """A host key that is not accepted; the message names it, says why and how to accept it (`accept`)."""
+
+    def __init__(self, message: str, accept: str = ""):
+        super().__init__(message)
+        self.accept = accept  # the `inv accept-host-key ...` command, where one would accept it
+
+
+class HostKeyNew(HostKeyRefused):
+    """An unknown host key that accept-new would record, under a `dry` rule (`inv doctor`), which records nothing."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,7 @@ class HostKeyRule:
     mode: str
     why: str = ""  # what makes a strict mode strict, for the message
     pin: str = ""
+    dry: bool = False  # record nothing: a key accept-new would record raises HostKeyNew (`inv doctor`)
     # (name, fingerprint) of each key recorded under this rule; shared by its copies with another mode
     recorded: list = field(default_factory=list, compare=False)
 
@@ -221,12 +230,17 @@ class HostKeyCheck:
             path, old = changed[0]
             raise HostKeyRefused(
                 f"host key of {name} changed: recorded {fingerprint(old)} ({path}), now {new}; "
-                f"if the machine was reinstalled, check {new} on it and accept it with {accept}"
+                f"if the machine was reinstalled, check {new} on it and accept it with {accept}",
+                accept,
             )
+        if rule.mode == "accept-new" and rule.dry:
+            raise HostKeyNew(f"host key of {name} is not known yet: it is {new}, recorded at first contact", accept)
         if rule.mode == "accept-new":
             self.record(name, key)
             return
-        raise HostKeyRefused(f"host key of {name} is not known ({rule.why}): it is {new}; check it, then run {accept}")
+        raise HostKeyRefused(
+            f"host key of {name} is not known ({rule.why}): it is {new}; check it, then run {accept}", accept
+        )
 
     def record(self, name: str, key, replace: bool = False) -> None:
         record_key(self.rule.project_file, name, key, replace)
@@ -383,15 +397,18 @@ class Nodes:
     one connection at once would each start a transport and leak all but one).
     """
 
-    def __init__(self, c, project, names=None, starting: bool = False, accept: str = ""):
+    def __init__(self, c, project, names=None, starting: bool = False, accept: str = "", dry: bool = False):
         """`starting`: `inv up` started the machines (a Vagrant VM's new key is recorded);
-        `accept`: the fingerprint of a host key to record (`inv accept-host-key`)."""
+        `accept`: the fingerprint of a host key to record (`inv accept-host-key`);
+        `dry`: record no host key and take the configuration as it is, rendered or not (`inv doctor`)."""
+        import dataclasses
+
         from tasks import providers
 
         self.project = project
-        self.provider = providers.of(project, c)
+        self.provider = providers.of(project, c, stale_ok=dry)
         self.names = [n.name for n in project.cluster.nodes if names is None or n.name in names]
-        self.rule = self.provider.host_key_rule(starting)
+        self.rule = dataclasses.replace(self.provider.host_key_rule(starting), dry=dry)
         if accept:
             self.rule = HostKeyRule(self.rule.project_file, "pin", pin=accept)
         self.connections: dict = {}

@@ -154,11 +154,10 @@ class Vagrant(Provider):
         return parse_ssh_config(result.stdout, names)
 
     def check_start(self) -> None:
+        from tasks import doctor
+
         self._rendered()
-        if not shutil.which("vagrant"):
-            raise StepError(VAGRANT_INSTALL)
-        if not shutil.which("VBoxManage"):
-            raise StepError(VIRTUALBOX_INSTALL)
+        doctor.preflight(self)  # Vagrant, VirtualBox, the host-only network, memory
 
     def start(self) -> None:
         # Vagrant's own output streams through: box download, boot, provisioners.
@@ -192,8 +191,18 @@ class Vagrant(Provider):
         return argv, dict(os.environ, **self.env()), str(ROOT)
 
     def destroy(self, ask) -> None:
+        """Deletes the VMs the last render described, which the Vagrantfile lists: those `inv up` started."""
+        from tasks import render, ui
+
         self._rendered()
-        names = ", ".join(n.name for n in self.project.cluster.nodes)
+        rendered = render.last_render(self.project.output_dir) or {"nodes": []}
+        names = ", ".join(str(n.get("name")) for n in rendered["nodes"] if isinstance(n, dict))
+        changed = render.changes(rendered, self.project)
+        if changed:
+            ui.progress(
+                f"note: the configuration changed since `inv render` ({'; '.join(changed)}): deleting the VMs "
+                f"rendered then, {names}; run `inv render` afterwards"
+            )
         if not ask(f"Delete the VMs {names} and everything on them? [y/N] "):
             raise StepError("not deleted: answer y, or pass --yes")
         if self.vagrant("destroy -f", warn=True).failed:
@@ -292,8 +301,16 @@ class Hosts(Provider):
 PROVIDERS: dict[str, type[Provider]] = {"vagrant": Vagrant, "hosts": Hosts}
 
 
-def of(project, c) -> Provider:
-    """The provider the project's configuration names, working through task context `c`."""
+def of(project, c, stale_ok: bool = False) -> Provider:
+    """The provider the project's configuration names, working through task context `c`.
+
+    Every task on the machines comes here first: a configuration whose machines are not those `inv render` last
+    described (nodes, addresses, stack) stops it with StepError, unless `stale_ok` (`destroy`, `doctor`).
+    """
+    if not stale_ok:
+        from tasks import render
+
+        render.check_current(project)
     return PROVIDERS[project.cluster.provider](project, c)
 
 

@@ -124,15 +124,64 @@ def previous(out: Path) -> list[str]:
     )
 
 
-def write(out: Path, files: dict[str, bytes], before: list[str]) -> list[str]:
-    """Write the planned files and the manifest of them; remove what the last render (`before`) wrote, this one not."""
+def write(out: Path, files: dict[str, bytes], before: list[str], stack: str = "") -> list[str]:
+    """Write the planned files and the manifest of them (and of `stack`); remove what the last render (`before`)
+    wrote, this one not."""
     changed = [name for name, data in sorted(files.items()) if write_atomic(out / name, data)]
     for stale in before:
         if stale not in files and (out / stale).is_file():
             (out / stale).unlink()
             changed.append(f"{stale} (removed)")
-    write_atomic(out / MANIFEST, (json.dumps({"files": sorted(files)}, indent=1) + "\n").encode())
+    record = {"files": sorted(files), **({"stack": stack} if stack else {})}
+    write_atomic(out / MANIFEST, (json.dumps(record, indent=1) + "\n").encode())
     return changed
+
+
+def last_render(out: Path) -> dict | None:
+    """What the last `inv render` into `out` described (cluster.json, with "stack" from its manifest when it
+    names one); None when nothing readable was rendered there."""
+    try:
+        described = json.loads((out / DESCRIPTION).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(described, dict) or not isinstance(described.get("nodes"), list):
+        return None
+    try:
+        stack = json.loads((out / MANIFEST).read_text()).get("stack")
+    except (OSError, ValueError, AttributeError):
+        stack = None
+    return dict(described, stack=stack)
+
+
+def changes(rendered: dict, project: Project) -> list[str]:
+    """What differs between the last render's machines and the configuration's (pure): [] when nothing does.
+
+    The machines are the stack, the provider, and each node's name and address in order (the first is the master).
+    """
+    found = []
+    for key, now in (("stack", project.stack.name), ("provider", project.cluster.provider)):
+        if rendered.get(key) and rendered[key] != now:
+            found.append(f"{key} {rendered[key]} rendered, {now} configured")
+    before = [(n.get("name"), n.get("ip")) for n in rendered["nodes"] if isinstance(n, dict)]
+    now_nodes = [(n.name, n.ip) for n in project.cluster.nodes]
+    if len(before) != len(now_nodes):
+        found.append(f"{len(before)} node(s) rendered, {len(now_nodes)} configured")
+        return found
+    for (old_name, old_ip), (name, ip) in zip(before, now_nodes, strict=True):
+        if old_name != name:
+            found.append(f"node {old_name} rendered, {name} configured")
+        elif old_ip != ip:
+            found.append(f"{name} at {old_ip} rendered, {ip} configured")
+    return found if len(found) <= 3 else [*found[:3], "..."]
+
+
+def check_current(project: Project) -> None:
+    """StepError, in one line, when the machines of the configuration are not those `inv render` last described:
+    the tasks would act on other nodes than the rendered files (and the Vagrantfile) name."""
+    rendered = last_render(project.output_dir)
+    found = changes(rendered, project) if rendered is not None else []
+    if found:
+        raise StepError(f"the configuration changed since `inv render` ({'; '.join(found)}): run `inv render` first")
 
 
 def render_all(project: Project) -> tuple[list[str], list[str]]:
@@ -154,7 +203,7 @@ def render_all(project: Project) -> tuple[list[str], list[str]]:
     pki_dir.mkdir(parents=True, exist_ok=True)
     pki_dir.chmod(0o700)
     pki.write(pki_dir, pki_files)
-    changed = write(out, files, before)
+    changed = write(out, files, before, project.stack.name)
     return changed, [f"{PKI_DIR}/{n}" for n in sorted(pki_files)]
 
 

@@ -13,10 +13,11 @@ def console(stderr: bool = False):
 
 
 def table(title: str, columns, rows) -> None:
-    from rich.table import Table
-
-    out = console()
-    if not out.is_terminal:
+    try:
+        out = console()
+    except ImportError:  # rich is missing (`inv doctor` says so): plain
+        out = None
+    if out is None or not out.is_terminal:
         # Plain, tab-separated, one row a line: easy to read in CI logs and to grep.
         print(title)
         print("\t".join(columns))
@@ -24,6 +25,8 @@ def table(title: str, columns, rows) -> None:
             print("\t".join(str(v) for v in row))
         sys.stdout.flush()
         return
+    from rich.table import Table
+
     grid = Table(title=title, title_justify="left")
     for column in columns:
         grid.add_column(column)

@@ -141,7 +141,8 @@ def destroy(c, yes=False):
             answer = ""
         return answer.strip().lower() in ("y", "yes")
 
-    providers.of(settings.load(c), c).destroy(ask)
+    # The VMs the last render described, even when the configuration changed since: those are the ones that exist.
+    providers.of(settings.load(c), c, stale_ok=True).destroy(ask)
 
 
 TASKS = (up, status, ssh, accept_host_key, destroy)

@@ -50,8 +50,13 @@ def artifacts(config: dict) -> list:
 
 
 def make_config(tmp_path: Path, **sections) -> dict:
-    """The defaults from invoke.yaml, outputs under tmp_path, sections updated key by key."""
+    """The defaults from invoke.yaml with the seed's stack, outputs under tmp_path, sections updated key by key.
+
+    Most tests exercise the seed's procedure, which the stand-ins reproduce in
+    most detail; tests of the current stack (the default) set `stack` themselves.
+    """
     config = copy.deepcopy(DEFAULTS)
+    config["stack"] = "seed"
     config["paths"] = {"output": str(tmp_path / "out"), "downloads": str(tmp_path / "downloads")}
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)

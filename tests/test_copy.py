@@ -373,7 +373,8 @@ def test_a_connection_dropped_mid_copy_leaves_the_old_file_and_the_next_run_clea
 def test_ctrl_c_removes_the_temporary_files_from_every_node(ssh_nodes, cfg, tmp_path):
     big_downloads(cfg, tmp_path)
     proc = inv_copy_process(cfg, tmp_path)
-    wait_for_upload(ssh_nodes, "calico-02", proc)
+    for node in ssh_nodes.names:  # every node mid-upload, however busy the machine
+        wait_for_upload(ssh_nodes, node, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

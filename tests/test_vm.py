@@ -42,12 +42,15 @@ def vagrant_env(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "VBoxManage").write_text("#!/bin/sh\necho 7.0.14r161095\n")
     (bin_dir / "VBoxManage").chmod(0o755)
+    # VirtualBox 6.1.28+ takes the seed's 172.18.18.0/24 for a host-only network once networks.conf lists it.
+    (tmp_path / "networks.conf").write_text("* 172.18.18.0/24 192.168.56.0/21\n")
     env = dict(
         os.environ,
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         VAGRANT_HOME=str(tmp_path / "vagrant.d"),
         VAGRANT_CHECKPOINT_DISABLE="1",
         VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"),
+        INV_VBOX_NETWORKS_CONF=str(tmp_path / "networks.conf"),
     )
     return config, env, bin_dir
 
