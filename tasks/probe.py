@@ -50,6 +50,9 @@ SERVICE_PORT = 80
 API_PORT = 443
 WAIT = 2  # seconds each ping and wget waits for an answer
 SCRIPT_SECONDS = 3 * WAIT + 20  # a row's script: its slowest part (three tries of the Service) and kubectl exec
+# A try, once started, may take this long even past the run's timeout: the last try then says what it found,
+# not that it was cut short.
+TRY_SECONDS = 15
 SERVE = f"mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p {PORT} -h /tmp/www"
 HEADER = re.compile(r"^### (\S+) (icmp|tcp) (\d+)$")
 
@@ -550,6 +553,7 @@ class Mesh:
         """Probes in place and running, then every row's script at once: rows of checks mesh and service."""
         from tasks.nodes import describe
 
+        deadline = max(deadline, time.monotonic() + TRY_SECONDS)
         pinned, pods, service_ip = self._look(deadline, nodes=True)
         self.touched = self.touched or bool(pods) or bool(service_ip)
         if any(node not in pods for node in pinned) or not service_ip:
@@ -655,6 +659,7 @@ class Policy:
 
     def check(self, deadline: float) -> list[Result]:
         mesh = self.mesh
+        deadline = max(deadline, time.monotonic() + TRY_SECONDS)
         nodes = registered(mesh.cluster, kubectl_json(mesh.conn(), mesh.kubectl, "get nodes", deadline))
         if not nodes:
             return [Result("policy", mesh.cluster.master.name, False, "no node registered (see check nodes)")]

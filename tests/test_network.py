@@ -1,4 +1,4 @@
-"""`inv verify`'s pod network checks (mesh, service) over real SSH, with one path broken at a time.
+"""`inv verify`'s pod network checks (mesh, service, policy), with one path broken at a time.
 
 Kubernetes and Calico cannot run here: on the three OpenSSH test nodes the
 master's `kubectl` is the stand-in of tests/standins/kubectl, installed by the
@@ -6,15 +6,20 @@ real `inv copy`. Its `exec POD -- sh -c SCRIPT` runs verify's real script with
 this machine's sh, where `ping` and `wget` are stand-ins printing busybox's
 output formats; what each path does comes from the scenario's "network"
 section (`Scenario.kubernetes["network"]`), so a test breaks exactly one path.
+The last tests run the stand-in's kubectl 1.36 flavour on this machine (see there).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+
+import pytest
 
 import test_verify
-from conftest import run_inv
+from conftest import make_config, run_inv
+from standin_cluster import STANDINS, prepare
 from test_verify import results, verify_fails
 
 # test_verify's fixtures: the stand-in cluster with the addons created (one per module), healthy for each test.
@@ -247,3 +252,103 @@ def test_policy_target_unreachable_without_policy_points_at_the_mesh(up, scenari
         r"\(timeout: wget: download timed out\): see check mesh",
         row.detail,
     ), row.detail
+
+
+# -- stack current: kubectl 1.36 ----------------------------------------------------------------
+#
+# The kubectl stand-in's 1.36 flavour (a kubeconfig present) answers from the kubeadm stand-in's
+# cluster description. Here it runs on this machine: `Here` is a `Nodes` group whose nodes are all
+# this machine (commands through invoke, as Fabric runs them over SSH), and the project's kubectl is
+# the stand-in itself. The checks are verify's own (`Mesh`: mesh, service and, for this stack, policy).
+
+
+class Here:
+    """Every node is this machine: `conn` runs commands here."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def conn(self, name):
+        import invoke
+
+        return invoke.Context()
+
+
+@pytest.fixture
+def current(tmp_path, monkeypatch):
+    """A current-stack project whose kubectl is the stand-in, on a three-node kubeadm cluster with Calico."""
+    import base64
+
+    import yaml
+
+    config = dict(make_config(tmp_path), stack="current")
+    prepare(config)
+    for artifact in config["download"]["artifacts"]:
+        if artifact["name"] == "kubectl":
+            artifact["dest"] = str(STANDINS)
+    ca = "-----BEGIN CERTIFICATE-----\nstand-in\n-----END CERTIFICATE-----\n"
+    nodes = [{"name": f"calico-0{n}", "ip": f"192.168.56.10{n}"} for n in (1, 2, 3)]
+    nodes[0]["role"] = "control-plane"
+    description = {"endpoint": "192.168.56.101:6443", "ca_pem": ca, "version": "v1.36.4", "nodes": nodes}
+    description.update(service_subnet="10.96.0.0/12", pod_subnet="10.244.0.0/16", dns_domain="cluster.local")
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "cluster.json").write_text(json.dumps(description))
+    cluster = {
+        "server": "https://192.168.56.101:6443",
+        "certificate-authority-data": base64.b64encode(ca.encode()).decode(),
+    }
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "k", "cluster": cluster}]}
+    (tmp_path / "admin.conf").write_text(yaml.safe_dump(kubeconfig))
+    monkeypatch.setenv("STANDIN_DIR", str(tmp_path / "standin"))
+    monkeypatch.setenv("STANDIN_CLUSTER_DIR", str(tmp_path / "cluster"))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "admin.conf"))
+    applied = subprocess.run(
+        [str(STANDINS / "kubectl"), "apply", "-f", str(STANDINS / "calico.yaml")], capture_output=True, text=True
+    )
+    assert applied.returncode == 0, applied.stderr
+    return config, tmp_path / "standin"
+
+
+def current_checks(config: dict) -> list:
+    """verify's network checks (mesh, service, policy: stack current) on `Here`, their rows."""
+    from tasks import kube, probe, settings
+
+    project = settings.build(config)
+    with probe.Mesh(project, Here([n.name for n in project.cluster.nodes])) as mesh:
+        return kube.run_checks(mesh.checks(), 6, 1)  # a healthy run passes at the first try
+
+
+def stored(folder) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in json.loads((folder / "kubectl.json").read_text())["objects"])
+
+
+def test_current_stack_mesh_service_and_policy_pass_and_leave_nothing(current):
+    config, folder = current
+    before = stored(folder)
+    rows = current_checks(config)
+    assert [r.check for r in rows] == ["mesh"] * 6 + ["service"] * 6 + ["policy"] * 2, [
+        r.detail[:300] for r in rows[12:]
+    ]
+    assert all(r.ok for r in rows), [r for r in rows if not r.ok]
+    assert "service kubernetes (10.96.0.1:443) answered: " in rows[7].detail
+    assert rows[0].detail.startswith("to calico-02 (10.244.")
+    assert [r.node for r in rows if r.check == "policy"] == ["calico-02", "calico-02"]
+    assert stored(folder) == before  # probes, Service, scratch namespace and policies removed
+
+
+def test_current_stack_policy_not_enforced_and_a_broken_route_are_named(current, monkeypatch):
+    from tasks import probe
+
+    monkeypatch.setattr(probe, "POLICY_SECONDS", 1)
+    config, folder = current
+    network = {"policy": "ignored", "paths": [{"from": "calico-03", "to": "calico-01", "fails": "timeout"}]}
+    (folder / "scenario.json").write_text(json.dumps({"kubernetes": {"network": network}}))
+    before = stored(folder)
+    failed = [r for r in current_checks(config) if not r.ok]
+    assert [(r.check, r.node) for r in failed] == [("mesh", "calico-03"), ("policy", "calico-02")], [
+        r.detail[:400] for r in failed if r.check == "policy"
+    ]
+    assert failed[0].detail.startswith("to calico-01 (10.244.")
+    assert "packets from calico-03 to calico-01's pods are lost" in failed[0].detail
+    assert failed[1].detail.startswith("default-deny not enforced within 1 s")
+    assert stored(folder) == before
