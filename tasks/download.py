@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 from invoke import task
@@ -36,6 +37,8 @@ from tasks.files import LOCK, folder_lock, write_atomic
 from tasks.settings import Artifact, Project, is_http
 
 CHUNK = 256 * 1024
+MIN_PIECE = 512 << 10  # a piece is split for another connection only when both halves keep this much
+CHECKPOINT = 2.0  # seconds between records of the pieces still to fill (and whenever a connection stops)
 BACKOFF = 0.5  # seconds before the second try; doubled before each later one
 MAX_BACKOFF = 8.0
 # Digest files release servers publish, in the order they are looked for (the first found is used):
@@ -404,6 +407,190 @@ class Bars(Lines):
         pass  # the bar says it
 
 
+@dataclass
+class Piece:
+    """Bytes [start, end) of a file, those before `pos` written; `end` is None while the size is unknown."""
+
+    start: int
+    pos: int
+    end: int | None
+    busy: bool = False  # a connection is filling it
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None and self.pos >= self.end
+
+
+def split(pieces: list[Piece], least: int | None) -> Piece | None:
+    """Work for a free connection, marked busy: a piece nobody fills, else the second half of the busy piece with
+    the most bytes left, when both halves keep `least` bytes (None: never split). Appends a new piece to `pieces`."""
+    found = next((p for p in pieces if not p.busy and not p.done), None)
+    if found is None and least is not None:
+        widest = max((p for p in pieces if p.end is not None), key=lambda p: (p.end or 0) - p.pos, default=None)
+        if widest is not None and widest.end is not None and widest.end - widest.pos >= 2 * least:
+            middle = widest.pos + (widest.end - widest.pos) // 2
+            found = Piece(middle, middle, widest.end)
+            widest.end = middle  # its connection stops there
+            pieces.append(found)
+    if found is not None:
+        found.busy = True
+    return found
+
+
+def read_state(part: Path) -> tuple[str, int | None, list[Piece]]:
+    """What a `.part` holds, from its `.meta`: (validator, size, the pieces still to fill); ("", None, []) when it
+    cannot be resumed. A `.meta` of a single stream (no pieces recorded) has the part's length done."""
+    try:
+        meta = json.loads(meta_path(part).read_text())
+        have = part.stat().st_size
+    except (OSError, ValueError):
+        return "", None, []
+    if not isinstance(meta, dict) or not isinstance(meta.get("if_range"), str) or not meta["if_range"]:
+        return "", None, []
+    size = meta.get("size")
+    todo = meta.get("todo", [[have, None]])
+    try:
+        pieces = [Piece(int(pos), int(pos), None if end is None else int(end)) for pos, end in todo]
+    except (TypeError, ValueError):
+        return "", None, []
+    return meta["if_range"], size if isinstance(size, int) else None, pieces
+
+
+class Body:
+    """A `.part` filled at the offsets of its pieces, by one connection or several, and what is known of the file.
+
+    The pieces still to fill are recorded beside it (`.meta`) every CHECKPOINT seconds and whenever a connection
+    stops, after the bytes they follow are on disk, so any later run resumes each piece where it was.
+    """
+
+    def __init__(
+        self, art: Artifact, part: Path, url: str, validator: str, size: int | None, pieces: list[Piece], ranges: bool
+    ):
+        self.art, self.part, self.url, self.validator, self.size, self.pieces = art, part, url, validator, size, pieces
+        self.ranges = ranges and bool(validator) and size is not None  # pieces may be fetched apart
+        self.error: Exception | None = None  # what stopped it: every connection of it stops
+        self.lock = threading.Condition()
+        self.saving = threading.Lock()
+        self.saved = time.monotonic()
+        self.check = lambda: None  # called after each chunk: raises to stop the body (see Fetcher._download)
+        fresh = pieces == [Piece(0, 0, size)]
+        self.fd = os.open(part, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if fresh else 0), 0o644)
+
+    def take(self) -> Piece | None:
+        """A piece for one more connection, or None."""
+        with self.lock:
+            return None if self.error else split(self.pieces, MIN_PIECE if self.ranges else None)
+
+    def left(self) -> int:
+        with self.lock:
+            return sum(p.end - p.pos for p in self.pieces if p.end is not None)
+
+    def spare(self) -> bool:
+        """Whether one more connection may have work here."""
+        with self.lock:
+            idle = any(not p.busy and not p.done for p in self.pieces)
+            return not self.error and (
+                idle or (self.ranges and any(p.end is not None and p.end - p.pos >= 2 * MIN_PIECE for p in self.pieces))
+            )
+
+    def write(self, piece: Piece, chunk: bytes) -> int:
+        """Write what of `chunk` belongs to `piece`; returns that many bytes."""
+        with self.lock:
+            # Another connection takes a tail of at least MIN_PIECE > CHUNK: a write outside the lock never reaches it.
+            count = len(chunk) if piece.end is None else min(len(chunk), piece.end - piece.pos)
+            at = piece.pos
+        view = memoryview(chunk)[:count]
+        while view:
+            written = os.pwrite(self.fd, view, at)
+            view, at = view[written:], at + written
+        with self.lock:
+            piece.pos += count
+        if time.monotonic() - self.saved > CHECKPOINT:
+            self.checkpoint()
+        return count
+
+    def ended(self, piece: Piece, error: Exception | None = None) -> None:
+        """A connection stopped filling `piece`; with `error`, the whole body stops."""
+        with self.lock:
+            piece.busy = False
+            if piece.end is None and error is None:
+                piece.end = self.size = piece.pos  # no Content-Length: the file ends where the body did
+            if error is not None and self.error is None:
+                self.error = error
+            self.lock.notify_all()
+
+    def restart(self, piece: Piece, headers) -> bool:
+        """The server sent the whole file (changed, or Range ignored): start over, if `piece` is all of it."""
+        with self.lock:
+            if len(self.pieces) != 1 or piece.start != 0:
+                return False
+            length = headers.get("Content-Length", "")
+            piece.pos, piece.end = 0, int(length) if length.isdigit() else None
+            self.size, self.validator = piece.end, validator(headers)
+        os.ftruncate(self.fd, 0)
+        return True
+
+    def wait(self) -> None:
+        """Until no connection fills any piece."""
+        with self.lock:
+            while any(p.busy for p in self.pieces):
+                self.lock.wait()
+
+    def complete(self) -> bool:
+        with self.lock:
+            return all(p.done for p in self.pieces)
+
+    def checkpoint(self) -> None:
+        """Record the pieces still to fill, once the bytes written so far are on disk (one thread at a time)."""
+        if not self.saving.acquire(blocking=False):
+            return
+        try:
+            with self.lock:
+                todo = [[p.pos, p.end] for p in self.pieces if not p.done]
+            os.fdatasync(self.fd)
+            meta = {"if_range": self.validator, "size": self.size, "todo": todo}
+            write_atomic(meta_path(self.part), json.dumps(meta).encode())
+            self.saved = time.monotonic()
+        finally:
+            self.saving.release()
+
+    def close(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+
+
+class Slots:
+    """The bound on connections at once: a file's first request waits for one; a file's extra connections take a
+    free one only when no file waits to start."""
+
+    def __init__(self, count: int):
+        self.free, self.waiting = count, 0
+        self.lock = threading.Condition()
+
+    def take(self, stop: threading.Event) -> None:
+        with self.lock:
+            self.waiting += 1
+            while not self.free and not stop.is_set():
+                self.lock.wait(0.1)
+            self.waiting -= 1
+            self.free -= 1
+
+    def spare(self) -> bool:
+        with self.lock:
+            if not self.free or self.waiting:
+                return False
+            self.free -= 1
+            return True
+
+    def wanted(self) -> bool:
+        return self.waiting > 0
+
+    def give(self) -> None:
+        with self.lock:
+            self.free += 1
+            self.lock.notify()
+
+
 class Fetcher:
     """HTTP for many artifacts: a session per worker thread (connections reused), tries with backoff."""
 
@@ -415,23 +602,32 @@ class Fetcher:
         report: Quiet,
         backoff: float = BACKOFF,
         allow_http: bool = False,
+        connections: int = 1,
     ):
         self.timeout, self.tries, self.parallel, self.report, self.backoff = (timeout, tries, parallel, report, backoff)
         self.allow_http = allow_http
+        # Bodies' connections at once; each file being downloaded holds one (digest look-ups are apart).
+        self.connections = max(connections, parallel)
+        self.slots = Slots(self.connections)
+        self.bodies: list[Body] = []  # those being downloaded, whose pieces free connections may take
+        self._lookups: dict = {}  # artifact URL -> Future of its published digest
         self.stop = threading.Event()
         self._local = threading.local()
         self._sessions: list = []
         self._guard = threading.Lock()
-        self._listings: dict = {}  # URL of a listing (SHA256SUMS) -> Future of its body: fetched once a run
+        self._digest_files: dict = {}  # URL of a digest file -> Future of its body
 
     def __enter__(self):
         from concurrent.futures import ThreadPoolExecutor
 
         # Digest-file look-ups run beside the downloads: they are latency, not bandwidth.
-        self.lookups = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="digest")
+        self.lookups = ThreadPoolExecutor(max_workers=self.connections, thread_name_prefix="digest")
+        self.helpers = ThreadPoolExecutor(max_workers=self.connections, thread_name_prefix="piece")
         return self
 
     def __exit__(self, *exc):
+        self.stop.set()  # (when an error left the run early)
+        self.helpers.shutdown(wait=True)
         self.lookups.shutdown(wait=True, cancel_futures=True)
         for session in self._sessions:
             session.close()
@@ -517,28 +713,43 @@ class Fetcher:
 
     # -- one artifact --------------------------------------------------------
 
-    def published_digest(self, url: str) -> tuple[str, str, str] | None:
-        """(algorithm, digest, its URL) of the first digest file found beside `url`; None if none is."""
-        for algo, digest_url, name in digest_urls(url):
-            body = self._listing(digest_url) if name else self.attempts(self._digest_file, digest_url)
-            digest = parse_digest(body, algo, name) if body is not None else None
-            if digest:
-                return algo, digest, digest_url
-        return None
-
-    def _listing(self, url: str) -> bytes | None:
-        """The body of a listing several artifacts share (SHA256SUMS in their folder), fetched once a run."""
+    def look_up(self, url: str):
+        """The Future of the digest published beside `url`: (algorithm, digest, its URL) from the first file of
+        DIGEST_FILES found, None if none is. All are asked for at once: they are latency, not bandwidth."""
         from concurrent.futures import Future
 
         with self._guard:
-            first = url not in self._listings
-            future = self._listings.setdefault(url, Future())
-        if first:
-            try:
-                future.set_result(self.attempts(self._digest_file, url))
-            except Exception as err:  # the artifacts that wait for it fail with it
-                future.set_exception(err)
-        return future.result()
+            if url in self._lookups:
+                return self._lookups[url]
+            found = self._lookups[url] = Future()
+        asked = [(algo, where, name, self._digest_file_once(where)) for algo, where, name in digest_urls(url)]
+        lock = threading.Lock()
+
+        def settle(_) -> None:
+            with lock:
+                for algo, where, name, future in asked:
+                    if found.done() or not future.done():
+                        return  # decided, or a file earlier in the order decides first
+                    if future.cancelled() or future.exception() is not None:  # (the run was interrupted)
+                        found.set_exception(future.exception() if not future.cancelled() else Failed("interrupted"))
+                        return
+                    digest = parse_digest(future.result(), algo, name) if future.result() is not None else None
+                    if digest:
+                        found.set_result((algo, digest, where))
+                        return
+                found.set_result(None)
+
+        for *_, future in asked:
+            future.add_done_callback(settle)
+        return found
+
+    def _digest_file_once(self, url: str):
+        """The Future of a digest file's body (`_digest_file`): each is asked for once a run, so a listing that
+        several artifacts share (SHA256SUMS in their folder) is fetched once."""
+        with self._guard:
+            if url not in self._digest_files:
+                self._digest_files[url] = self.lookups.submit(self.attempts, self._digest_file, url)
+            return self._digest_files[url]
 
     def _digest_file(self, url: str) -> bytes | None:
         """The first DIGEST_CAP bytes of a digest file (whole lines), None if it is not published."""
@@ -556,7 +767,7 @@ class Fetcher:
         """Download one artifact into place; returns (its lock entry, seconds, stamp) or raises Failed."""
         art = job.art
         started = time.monotonic()
-        lookup = None if job.want else self.lookups.submit(self.published_digest, art.url)
+        lookup = None if job.want else self.look_up(art.url)
         part = part_path(art)
         for stale in art.path.parent.glob(f"{art.name}.*.part*"):
             if stale.name.startswith(part.name):
@@ -564,12 +775,15 @@ class Fetcher:
             if re.fullmatch(re.escape(art.name) + r"\.[0-9a-f]{8}\.part(\.meta)?", stale.name):
                 stale.unlink()  # a download of another URL (version, mirror) left behind
         try:
-            hashers, whole = self.attempts(self._fetch_into, job, part, lookup)
+            whole = self._download(job, part, lookup)
             published = lookup.result() if lookup else None
         except Refused:
             discard(part)
             raise
-        size = part.stat().st_size
+        # Hashed once, after: reading back from the page cache costs less than hashing every digest the
+        # look-up might need while it runs (measured: benchmarks/download.py).
+        hashers = {algo: hashlib.new(algo) for algo in {"sha256", published[0] if published else "sha256"}}
+        size = _hash_into(part, hashers)
         sha256 = hashers["sha256"].hexdigest()
         problem = None
         if job.want and sha256 != job.want:
@@ -588,68 +802,176 @@ class Fetcher:
         entry = Locked(sha256, art.upstream, size, trusted=job.trusted if job.want else not published)
         return entry, time.monotonic() - started, _stamp(art.path.stat())
 
-    @staticmethod
-    def _needed(lookup) -> set[str]:
-        """The digests to compute: sha256, and whichever digest file the look-up finds (all until it ends)."""
-        if lookup is None or (lookup.done() and lookup.exception()):
-            return {"sha256"}
-        if not lookup.done():
-            return {algo for algo, _ in DIGEST_FILES}
-        return {"sha256"} | ({lookup.result()[0]} if lookup.result() else set())
+    def _download(self, job: Job, part: Path, lookup) -> bool:
+        """Fill `part` with the artifact, over as many connections as are free and its size is worth; returns
+        whether the end of the file was certain (a Content-Length or chunked encoding: a close-delimited body
+        cut short looks whole)."""
+        self.slots.take(self.stop)
+        held = True
+        try:
+            if self.stop.is_set():
+                raise Failed("interrupted")
+            body, piece, response, whole = self.attempts(self._open, job, part)
 
-    def _fetch_into(self, job: Job, part: Path, lookup) -> tuple[dict, bool]:
-        """One try: continue `part` from where it ends (hashing what it holds first) if the server's file is
-        still the one it started from. Returns the hashers and whether the body's end was certain (a
-        Content-Length or chunked encoding: a close-delimited body cut short looks whole)."""
+            def vouched() -> None:
+                """Refuse at once, without reading on, when the look-up ended with nothing to vouch."""
+                if lookup is not None and lookup.done() and not job.trust_first_use and lookup.result() is None:
+                    raise Refused(unvouched(job, whole))  # (lookup.result() raises a failed look-up's error)
+
+            body.check = vouched
+            self.report.started(job.art, body.size, (body.size or 0) - body.left())
+            with self._guard:
+                self.bodies.append(body)
+            try:
+                self._offer()
+                self._fill(body, piece, response)
+                while (piece := body.take()) is not None:
+                    self._fill(body, piece)
+            finally:
+                self.slots.give()  # to a file waiting to start, else to the pieces of others
+                held = False
+                self._offer()
+                body.wait()
+                with self._guard:
+                    self.bodies.remove(body)
+                if not body.complete() and not isinstance(body.error, Refused):
+                    body.checkpoint()  # what the next try or run resumes
+                body.close()
+            if body.error:
+                raise body.error
+            return whole
+        finally:
+            if held:
+                self.slots.give()
+
+    def _open(self, job: Job, part: Path) -> tuple[Body, Piece, Any, bool]:
+        """The first request of a try: the rest of what `part` holds (Range, If-Range) if the server's file is
+        still the one it was started from, else the whole file. Returns the body, the piece the response fills,
+        the response and whether the end of the file is certain."""
         art = job.art
-        resume = read_validator(part) if part.exists() else ""
-        if part.exists() and not resume:
+        resumed, size, todo = read_state(part) if part.exists() else ("", None, [])
+        if part.exists() and not todo:
             discard(part)  # nothing tells whether the server's file is still the one it was started from
-        hashers = {a: hashlib.new(a) for a in self._needed(lookup)}
-        have = _hash_into(part, hashers) if part.exists() else 0
-        headers = {"Range": f"bytes={have}-", "If-Range": resume} if have else None
-        with self.request(art.url, headers=headers) as response:
+        resume = bool(todo) and (todo[0].pos > 0 or len(todo) > 1)
+        headers = {"Range": f"bytes={todo[0].pos}-", "If-Range": resumed} if resume else None
+        response = self.request(art.url, headers=headers)
+        try:
             if response.status_code == 416:  # the part is longer than the file: start again
                 discard(part)
                 raise Transient("HTTP 416 for a partial download; starting again")
             if response.status_code >= 400:
                 raise Failed(f"HTTP {response.status_code} {response.reason}")
-            if have and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
-                # The whole file instead of the rest: it changed since (If-Range), or the server ignores Range.
-                have, hashers = 0, {a: hashlib.new(a) for a in hashers}
             length = response.headers.get("Content-Length", "")
-            total = have + int(length) if length.isdigit() else None
-            whole = total is not None or "chunked" in response.headers.get("Transfer-Encoding", "").lower()
-            if job.size is not None and total is not None and total != job.size:
-                raise Refused(f"the server announces {total} bytes, {job.size} {job.label}")
-            if not have:
-                write_atomic(meta_path(part), json.dumps({"if_range": validator(response.headers)}).encode())
-            self.report.started(art, total, have)
-            got = have
-            pending = lookup is not None  # the digest look-up has not ended yet
-            # read1 hands over whatever has arrived, so a cut loses no byte already received.
-            read1 = getattr(response.raw, "read1", None)
-            chunks = iter(lambda: read1(CHUNK, decode_content=False), b"") if read1 else response.iter_content(CHUNK)
-            with open(part, "ab" if have else "wb") as out:
-                for chunk in chunks:
-                    if self.stop.is_set():
-                        raise Failed("interrupted")
-                    out.write(chunk)
-                    for h in hashers.values():
-                        h.update(chunk)
-                    got += len(chunk)
-                    self.report.advanced(art, len(chunk))
-                    if pending and lookup.done():  # decide now: refuse without reading on, drop unneeded digests
-                        pending = False
-                        if lookup.result() is None and not job.trust_first_use:  # (raises a failed look-up)
-                            raise Refused(unvouched(job, whole))
-                        needed = self._needed(lookup)
-                        hashers = {a: h for a, h in hashers.items() if a in needed}
-                out.flush()
-                os.fsync(out.fileno())
-        if total is not None and got != total:
-            raise Transient(f"body cut short at {got} of {total} bytes")
-        return hashers, whole
+            whole = length.isdigit() or "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+            span = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))
+            if resume and span and int(span[1]) == todo[0].pos and size in (None, int(span[2])):
+                size = int(span[2])
+                pieces = [Piece(p.start, p.pos, size if p.end is None else p.end) for p in todo]
+            else:  # the whole file: a new download, a file changed since (If-Range), or a server ignoring Range
+                resumed, size = validator(response.headers), int(length) if length.isdigit() else None
+                pieces = [Piece(0, 0, size)]
+            if job.size is not None and size is not None and size != job.size:
+                raise Refused(f"the server announces {size} bytes, {job.size} {job.label}")
+            ranges = bool(span) or response.headers.get("Accept-Ranges", "").lower() == "bytes"
+            body = Body(art, part, response.url, resumed, size, pieces, ranges)
+            if pieces[0].pos == 0:
+                body.checkpoint()  # the validator, before any byte: a later resume asks If-Range with it
+            pieces[0].busy = True
+            return body, pieces[0], response, whole
+        except BaseException:
+            response.close()
+            raise
+
+    def _offer(self) -> None:
+        """Free connections go to the files being downloaded that can use one more."""
+        with self._guard:
+            wanted = any(body.spare() for body in self.bodies)
+        while wanted and self.slots.spare():
+            self.helpers.submit(self._help)
+
+    def _help(self) -> None:
+        """One more connection: pieces of whichever file has the most left, until none is worth it or a file is
+        waiting to start (a start goes first: its latency then overlaps the others' transfers)."""
+        try:
+            while not self.stop.is_set() and not self.slots.wanted():
+                with self._guard:
+                    bodies = sorted(self.bodies, key=Body.left, reverse=True)
+                found = next(((body, piece) for body in bodies if (piece := body.take()) is not None), None)
+                if found is None:
+                    return
+                self._fill(*found)
+        finally:
+            self.slots.give()
+
+    def _fill(self, body: Body, piece: Piece, response=None) -> None:
+        """Fill `piece` to its end, asking for the rest after a cut (tries with backoff); whatever stops it for
+        good stops the whole body."""
+        pending = [(response, body.size)] if response is not None else []
+
+        def once():
+            answer, until = pending.pop() if pending else self._rest(body, piece)
+            with answer:
+                self._pump(body, piece, answer, until)
+
+        error = None
+        try:
+            self.attempts(once)
+        except Failed as err:
+            error = err
+        except Exception as err:  # disk full, permissions: this artifact fails, the others go on
+            error = Failed(f"{type(err).__name__}: {err}")
+        finally:
+            for leftover, _ in pending:
+                leftover.close()
+            body.ended(piece, error)
+
+    def _rest(self, body: Body, piece: Piece) -> tuple[Any, int | None]:
+        """A response for the rest of `piece` (Range, If-Range) from the artifact's redirect target, resolved
+        once; and the offset it ends at. A target that no longer answers (a signed URL expired) is resolved again."""
+        if body.error:
+            raise Failed("stopped")
+        if not body.validator:  # a resume could splice two versions: the whole file again (one piece only)
+            headers, until = None, body.size
+        else:
+            to_end = piece.end in (None, body.size)
+            until = body.size if to_end else piece.end
+            headers = {
+                "Range": f"bytes={piece.pos}-{'' if to_end or until is None else until - 1}",
+                "If-Range": body.validator,
+            }
+        response = self.request(body.url, headers=headers)
+        if response.status_code >= 400 and body.url != body.art.url:
+            response.close()
+            response = self.request(body.art.url, headers=headers)
+            body.url = response.url
+        if response.status_code >= 400:
+            response.close()
+            raise Failed(f"HTTP {response.status_code} {response.reason}")
+        span = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))
+        if span and int(span[1]) == piece.pos and int(span[2]) == body.size:
+            return response, until
+        if response.status_code == 200 and body.restart(piece, response.headers):
+            self.report.started(body.art, body.size, 0)
+            return response, body.size
+        response.close()
+        raise Refused("the file changed on the server during the download (If-Range): run `inv download` again")
+
+    def _pump(self, body: Body, piece: Piece, response, until: int | None) -> None:
+        """Write the response's bytes into `piece` until it ends (the piece, or the body: then it was cut)."""
+        # read1 hands over whatever has arrived, so a cut loses no byte already received.
+        read1 = getattr(response.raw, "read1", None)
+        chunks = iter(lambda: read1(CHUNK, decode_content=False), b"") if read1 else response.iter_content(CHUNK)
+        for chunk in chunks:
+            if self.stop.is_set():
+                raise Failed("interrupted")
+            if body.error:
+                raise Failed("stopped")
+            self.report.advanced(body.art, body.write(piece, chunk))
+            body.check()
+            if piece.done and piece.end != until:
+                return  # another connection has the rest: this one is closed before its end
+        if not piece.done and piece.end is not None:
+            raise Transient(f"body cut short at {piece.pos} of {body.size} bytes")
 
     def probe(self, art: Artifact) -> tuple[str, int | None, str]:
         """(status, size, content type) of art.url without downloading it: HEAD, or a GET closed at once."""
@@ -731,8 +1053,13 @@ def fetch_all(
             report = progress()
             with (
                 report,
-                Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, report, backoff, dl.allow_http) as fetcher,
+                Fetcher(
+                    dl.timeout, dl.retries, parallel or dl.parallel, report, backoff, dl.allow_http, dl.connections
+                ) as fetcher,
             ):
+                for job in jobs:  # digest files first: a file nothing vouches for is refused before much of it comes
+                    if not job.want:
+                        fetcher.look_up(job.art.url)
                 for job, result in fetcher.run(fetcher.fetch, jobs):
                     art = job.art
                     if isinstance(result, Failed):

@@ -25,7 +25,16 @@ class ConfigError(UsageError):
     """A configuration value that cannot be used; the message names the key, the value and what is expected."""
 
     def __init__(self, key: str, value: Any, expected: str):
+        self.key, self.value = key, value
         super().__init__(f"invalid configuration: {key} = {value!r}: expected {expected}")
+
+
+class ConfigErrors(UsageError):
+    """Several unusable configuration values: one line per ConfigError, in the order they were found."""
+
+    def __init__(self, problems: list[ConfigError]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
 
 
 class StepError(Exception):
@@ -60,7 +69,8 @@ NOT_A_MAPPING = "expected a mapping of settings, like the sections of invoke.yam
 
 
 def loading_problem(error: BaseException) -> str | None:
-    """One line for an error Invoke raised while reading `-f FILE` or INVOKE_* variables; None for any other.
+    """One line for an error Invoke raised while reading `-f FILE`, INVOKE_* variables or a task flag's value
+    (`--parallel abc`); None for any other.
 
     Invoke reads them after loading the tasks and before running any, outside
     every task: without this, a typo there ends in a traceback.
@@ -88,12 +98,21 @@ def loading_problem(error: BaseException) -> str | None:
             key_path, value, old = (frame.f_locals.get(k) for k in ("key_path", "value", "old"))
             name = "INVOKE_" + "_".join(key_path or []).upper()
             if isinstance(old, (list, tuple, dict)):
-                expected = "nothing: lists and mappings are set in a -f FILE, not in the environment"
+                # invoke.yaml leaves lists and mappings null (read as YAML then); a file set this one.
+                expected = f"no value: a configuration file sets {'.'.join(key_path or [])}: change it there"
             elif isinstance(old, int):
                 expected = "a whole number"
             else:
                 expected = f"a value like {old!r}"
             return f"invalid configuration: {name} = {value!r}: expected {expected}"
+        if code.co_name == "set_value" and where.endswith("invoke/parser/argument.py"):
+            # A task flag Invoke casts to the type of its default (int, float) while parsing the command line.
+            argument, value = frame.f_locals.get("self"), frame.f_locals.get("value")
+            names = getattr(argument, "names", None) or ("?",)
+            flag = "--" + max(names, key=len).replace("_", "-")
+            kind = getattr(argument, "kind", None)
+            expected = "a whole number" if kind is int else "a number" if kind is float else "a value"
+            return f"{flag} {value!r}: expected {expected}"
         if type(error).__name__ == "AmbiguousEnvVar":
             return f"invalid configuration: {error}"
     return None

@@ -248,6 +248,37 @@ class HostKeyCheck:
 
 
 @functools.cache
+def _logged_class() -> type:
+    """A Fabric Connection whose run and sudo record each command in the run log (runlog), made on first use."""
+    import fabric
+    from invoke import UnexpectedExit
+
+    from tasks import runlog
+
+    def logged(method):
+        def call(self, command, **kwargs):
+            where = f"{self.node_name} ({self.host}:{self.port})"
+            try:
+                result = method(self, command, **kwargs)
+            except UnexpectedExit as err:
+                runlog.record_result(self.log_folder, where, err.result)
+                raise
+            except Exception as err:
+                runlog.record(self.log_folder, where, command, f"not finished: {describe(err)}")
+                raise
+            runlog.record_result(self.log_folder, where, result)
+            return result
+
+        return call
+
+    return type(
+        "LoggedConnection",
+        (fabric.Connection,),
+        {"run": logged(fabric.Connection.run), "sudo": logged(fabric.Connection.sudo)},
+    )
+
+
+@functools.cache
 def _policy_class() -> type:
     """HostKeyCheck as a paramiko MissingHostKeyPolicy, made on first use: importing this module imports no paramiko."""
     import paramiko
@@ -318,27 +349,43 @@ def _guard(conn, node: str, rule: HostKeyRule, ssh_config: bool) -> None:
         hop = hop.gateway
 
 
-def _connection(base_config, target, ssh_timeout: int, load_ssh_config: bool, rule: HostKeyRule, node: str = ""):
+def _connection(
+    base_config,
+    target,
+    ssh_timeout: int,
+    load_ssh_config: bool,
+    rule: HostKeyRule,
+    node: str = "",
+    log_folder: Path | None = None,
+):
+    """A Fabric connection to `target` (not opened yet); with `log_folder`, its commands go to the run log there."""
     import fabric
+
+    from tasks import settings
 
     cfg = base_config.clone(into=fabric.Config) if base_config is not None else fabric.Config()
     # No stdin under pytest or CI: Fabric would fail reading it.
     cfg.run.in_stream = False
     cfg.sudo.in_stream = False
     cfg.timeouts.connect = ssh_timeout
+    cfg.user = settings.DEFAULT_USER  # where neither the target nor ssh_config names one (Fabric's own: the local user)
     if load_ssh_config:
         cfg.load_ssh_config()
     kwargs: dict = {}
     if target.key_files:
         # Only the given key: an agent's or ~/.ssh's keys, tried first, may exhaust the server's MaxAuthTries.
         kwargs.update(key_filename=list(target.key_files), look_for_keys=False, allow_agent=False)
-    conn = fabric.Connection(target.host, user=target.user, port=target.port, config=cfg, connect_kwargs=kwargs)
+    kind = _logged_class() if log_folder is not None else fabric.Connection
+    conn = kind(target.host, user=target.user, port=target.port, config=cfg, connect_kwargs=kwargs)
+    if log_folder is not None:
+        conn._set(log_folder=log_folder, node_name=node or target.host)
     _guard(conn, node or target.host, rule, load_ssh_config)
     return conn
 
 
 def login_options(project, target, rule: HostKeyRule, ssh_config: bool) -> list[str]:
-    """The `ssh` options that check `target`'s host key as the tasks' connections do (`inv ssh`).
+    """The `ssh` options that log in to `target` as the tasks' connections do (`inv ssh`): the same user and
+    port, and host keys checked the same way.
 
     The project's file comes first: ssh's accept-new records there.
     """
@@ -347,7 +394,10 @@ def login_options(project, target, rule: HostKeyRule, ssh_config: bool) -> list[
     rule.project_file.parent.mkdir(parents=True, exist_ok=True)
     # Quoted, and % doubled: ssh splits the value at spaces and expands %-tokens in it.
     files = " ".join('"' + str(f).replace("%", "%%") + '"' for f in (rule.project_file, *users))
-    return ["-o", f"UserKnownHostsFile={files}", "-o", f"StrictHostKeyChecking={SSH_STRICT[mode]}"]
+    return [
+        *("-l", conn.user, "-p", str(conn.port)),
+        *("-o", f"UserKnownHostsFile={files}", "-o", f"StrictHostKeyChecking={SSH_STRICT[mode]}"),
+    ]
 
 
 def where(conn) -> str:
@@ -426,6 +476,7 @@ class Nodes:
                 self.provider.load_ssh_config,
                 self.rule,
                 name,
+                log_folder=None if self.rule.dry else self.project.output_dir,  # doctor writes nothing
             )
             for name in self.names
         }

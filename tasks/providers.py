@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from tasks.errors import ConfigError, StepError
-from tasks.settings import Node, positive
+from tasks.settings import DEFAULT_USER, Node, positive
 
 VAGRANT_INSTALL = (
     "vagrant is not installed: install Vagrant (https://developer.hashicorp.com/vagrant/install, "
@@ -32,8 +32,8 @@ class Target:
     """How SSH reaches one node."""
 
     host: str
-    port: int
-    user: str
+    port: int | None  # None: ~/.ssh/config's for the host, else 22
+    user: str | None  # None: ~/.ssh/config's for the host, else settings.DEFAULT_USER
     key_files: tuple[str, ...] = ()
 
 
@@ -132,8 +132,12 @@ class Vagrant(Provider):
 
         if not shutil.which("vagrant"):
             raise StepError(VAGRANT_INSTALL)
+        from tasks import runlog
+
         with self.c.cd(str(ROOT)):
-            return self.c.run(f"vagrant {args}", in_stream=False, env=self.env(), **kwargs)
+            result = self.c.run(f"vagrant {args}", in_stream=False, env=self.env(), **kwargs)
+        runlog.record_result(self.project.output_dir, "host", result)
+        return result
 
     def _rendered(self) -> None:
         from tasks import render
@@ -144,13 +148,11 @@ class Vagrant(Provider):
 
     def targets(self, names: list[str]) -> dict[str, Target]:
         """One `vagrant ssh-config` for all `names`."""
-        from tasks.ui import last_line
-
         if not names:
             return {}
         result = self.vagrant("ssh-config " + " ".join(names), hide=True, warn=True)
         if result.failed:
-            raise StepError(f"`vagrant ssh-config` failed: {last_line(result.stderr)} (are the VMs up? run `inv up`)")
+            raise vagrant_failed("ssh-config", result, " (are the VMs up? run `inv up`)")
         return parse_ssh_config(result.stdout, names)
 
     def check_start(self) -> None:
@@ -175,11 +177,9 @@ class Vagrant(Provider):
         return dataclasses.replace(rule, mode="strict", why="`inv up` records the VMs' keys")
 
     def states(self) -> dict[str, str]:
-        from tasks.ui import last_line
-
         result = self.vagrant("status --machine-readable", hide=True, warn=True)
         if result.failed:
-            raise StepError(f"`vagrant status` failed: {last_line(result.stderr)}")
+            raise vagrant_failed("status", result)
         return parse_status(result.stdout)
 
     def login(self, node: str, command: str) -> tuple[list[str], dict, str]:
@@ -251,7 +251,7 @@ class Hosts(Provider):
             port = entry.get("port", 22)
             if not 0 < port < 65536:
                 raise ConfigError(f"{key}.port", port, "a TCP port from 1 to 65535")
-            user = entry.get("user", "core")
+            user = entry.get("user", DEFAULT_USER)
             if not LOGIN.fullmatch(user):
                 raise ConfigError(f"{key}.user", user, "a login name: letters, digits, '_', '.', '-'")
             nodes.append(
@@ -263,6 +263,7 @@ class Hosts(Provider):
                     port=port,
                     user=user,
                     key_file=entry.get("key_file", ""),
+                    unset=tuple(k for k in ("port", "user") if k not in entry),
                 )
             )
         return nodes
@@ -270,7 +271,12 @@ class Hosts(Provider):
     def targets(self, names: list[str]) -> dict[str, Target]:
         chosen = [n for n in self.project.cluster.nodes if n.name in names]
         return {
-            n.name: Target(n.address or n.ip, n.port, n.user, (os.path.expanduser(n.key_file),) if n.key_file else ())
+            n.name: Target(
+                n.address or n.ip,
+                None if "port" in n.unset else n.port,
+                None if "user" in n.unset else n.user,
+                (os.path.expanduser(n.key_file),) if n.key_file else (),
+            )
             for n in chosen
         }
 
@@ -282,8 +288,7 @@ class Hosts(Provider):
         rule = self.host_key_rule()
         if rule.mode == "off":
             ui.progress(nodes.OFF_WARNING)
-        argv = ["ssh", "-l", t.user, "-p", str(t.port)]
-        argv += nodes.login_options(self.project, t, rule, self.load_ssh_config)
+        argv = ["ssh", *nodes.login_options(self.project, t, rule, self.load_ssh_config)]
         argv += ["-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={self.project.ssh_timeout}"]
         for key in t.key_files:
             argv += ["-i", key, "-o", "IdentitiesOnly=yes"]
@@ -345,3 +350,20 @@ def parse_status(text: str) -> dict[str, str]:
         if len(fields) >= 4 and fields[2] == "state" and fields[1]:
             states[fields[1]] = fields[3]
     return states
+
+
+def vagrant_failed(command: str, result, hint: str = "") -> StepError:
+    """The error of a failed `vagrant COMMAND`: a line of ours, then Vagrant's own message, whole and indented."""
+    from tasks.ui import indented
+
+    says = indented(vagrant_says(result.stdout, result.stderr))
+    return StepError(f"`vagrant {command}` failed{hint}; Vagrant says:\n{says}")
+
+
+def vagrant_says(stdout: str, stderr: str) -> str:
+    """Vagrant's whole error message: its stderr, or with --machine-readable the `error-exit` line of stdout."""
+    for line in stdout.splitlines():
+        fields = line.split(",", 4)
+        if len(fields) == 5 and fields[2] == "error-exit":
+            return fields[4].replace("%!(VAGRANT_COMMA)", ",").replace("\\n", "\n").replace("\\r", "")
+    return stderr.strip() or stdout.strip()

@@ -22,7 +22,7 @@ MANIFEST = ".inv-render.json"  # what render wrote: only those files are ever re
 NODES_DIR = "nodes"
 PKI_DIR = "pki"
 # What else may stand in the output folder: the PKI, the lock of a run, the nodes' host keys.
-OTHERS = {MANIFEST, PKI_DIR, LOCK, "known_hosts"}
+OTHERS = {MANIFEST, PKI_DIR, LOCK, "known_hosts", "inv.log", "inv.log.1"}  # and the run log (runlog.py)
 
 
 def _environment(folder: Path):

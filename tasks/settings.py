@@ -26,6 +26,7 @@ from tasks.stack import Stack
 __all__ = ["ConfigError", "Project", "Cluster", "Node", "Artifact", "build", "load"]
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_USER = "core"  # the login of CoreOS and Flatcar machines, unless a hosts entry or ~/.ssh/config names one
 
 # Keys of every section of ours, with the type each value must have.
 # invoke.yaml gives the defaults; tests check the two list the same keys.
@@ -64,6 +65,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "paths": {"downloads": str, "output": str},
     "download": {
         "parallel": int,
+        "connections": int,
         "timeout": int,
         "retries": int,
         "lock_file": str,
@@ -120,8 +122,10 @@ class Node:
     role: str  # "master" or "node"
     address: str = ""  # provider=hosts: where SSH reaches it (defaults to ip)
     port: int = 22
-    user: str = "core"
+    user: str = DEFAULT_USER
     key_file: str = ""
+    # What the hosts entry leaves out of "port", "user": ~/.ssh/config's for the address then, else the above.
+    unset: tuple[str, ...] = ()
 
     @property
     def is_master(self) -> bool:
@@ -197,13 +201,14 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Downloads:
-    parallel: int
+    parallel: int  # files at once
     timeout: int
     retries: int
     lock_file: Path
     mirrors: dict = field(hash=False)
     artifacts: tuple[Artifact, ...] = ()
     allow_http: bool = False  # plain http:// URLs and redirects to them accepted
+    connections: int = 8  # HTTP connections at once for the bodies, over all files (a large file gets several)
 
 
 @dataclass(frozen=True)
@@ -341,9 +346,11 @@ def check_keys(config: dict) -> None:
 
 
 def _from_environment(config: dict) -> dict:
-    """List and mapping settings given as text (an INVOKE_* variable over a null default) read as YAML."""
+    """List and mapping settings given as text (an INVOKE_* variable over a null default) read as YAML;
+    a null list or mapping that no stack gives is empty."""
     import yaml
 
+    given = stacks.stack_keys()
     for section, keys in SCHEMA.items():
         values: dict = config.get(section)  # type: ignore[assignment]
         if not isinstance(values, dict):
@@ -357,6 +364,8 @@ def _from_environment(config: dict) -> dict:
                     raise ConfigError(
                         f"{section}.{key}", value, f"a YAML {'list' if kind is list else 'mapping'}"
                     ) from None
+            elif kind in (list, dict) and value is None and key in values and key not in given.get(section, ()):
+                values[key] = kind()
     return config
 
 
@@ -514,7 +523,7 @@ def _roles(key: str, value, stack: Stack) -> tuple[str, ...]:
 
 def _downloads(config: dict, folder: Path, stack: Stack) -> Downloads:
     dl = config["download"]
-    for key in ("parallel", "timeout", "retries"):
+    for key in ("parallel", "connections", "timeout", "retries"):
         positive(f"download.{key}", dl[key])
     if not dl["lock_file"]:
         raise ConfigError("download.lock_file", dl["lock_file"], "a file path like downloads.lock")
@@ -562,6 +571,7 @@ def _downloads(config: dict, folder: Path, stack: Stack) -> Downloads:
         mirrors=mirrors,
         artifacts=tuple(found),
         allow_http=dl["allow_http"],
+        connections=dl["connections"],
     )
 
 
@@ -648,7 +658,7 @@ def _ignored(values: dict, stack: Stack, provider: str) -> tuple[str, ...]:
     """The settings the provider has no use for that differ from invoke.yaml's and the stack's defaults."""
     from tasks import providers
 
-    stock = stacks.apply(stack, _invoke_yaml())
+    stock = _from_environment(stacks.apply(stack, _invoke_yaml()))
     return tuple(
         key
         for key in providers.PROVIDERS[provider].ignores
@@ -656,14 +666,20 @@ def _ignored(values: dict, stack: Stack, provider: str) -> tuple[str, ...]:
     )
 
 
-def _sources(config) -> None:
-    """Refuse what Invoke passes over in silence: a `-f FILE` that does not exist, an INVOKE_* that names no key."""
+def _sources(config, raw: dict) -> list[ConfigError]:
+    """What Invoke passes over in silence or misreads: a `-f FILE` that does not exist, an INVOKE_* that
+    names no key, or one Invoke cannot apply (a switch that is not 1 or 0).
+
+    Invoke reads no INVOKE_* for a mapping (it looks for its keys instead): one that every file leaves
+    empty is put in `raw` (the plain configuration) here, as text that `build` reads as YAML.
+    """
     import os
 
+    found = []
     # Invoke keeps where the -f file was looked for, and whether it was found, only in private attributes.
-    path, found = getattr(config, "_runtime_path", None), getattr(config, "_runtime_found", None)
-    if path and not found:
-        raise ConfigError("-f", path, "an existing configuration file")
+    path, was_found = getattr(config, "_runtime_path", None), getattr(config, "_runtime_found", None)
+    if path and not was_found:
+        found.append(ConfigError("-f", path, "an existing configuration file"))
     known = {"INVOKE_DEBUG", "INVOKE_RUNTIME_CONFIG"}
 
     def walk(value, path: tuple[str, ...]) -> None:
@@ -674,21 +690,98 @@ def _sources(config) -> None:
             known.add("INVOKE_" + "_".join(path).upper())
 
     walk(config, ())
+    ours = {f"INVOKE_{section}_{key}".upper(): (section, key) for section, keys in SCHEMA.items() for key in keys}
+    runtime = getattr(config, "_runtime", None) or {}  # what the -f file set (private to Invoke too)
     for name in sorted(os.environ):
-        if name.startswith("INVOKE_") and name not in known:
+        value = os.environ[name]
+        if name in ours and SCHEMA[ours[name][0]][ours[name][1]] is bool and value not in ("0", "1"):
+            # Invoke reads every text but "0" and "" as true: "false" would turn the switch on.
+            found.append(ConfigError(name, value, "1 (true) or 0 (false)"))
+        elif name in ours and name not in known:
+            section, key = ours[name]
+            values = raw.get(section)
+            if isinstance(values, dict) and values.get(key) == {}:
+                values[key] = value
+            else:
+                where = f"{section}.{key}"
+                found.append(ConfigError(name, value, f"no value: a configuration file sets {where}: change it there"))
+        elif name.startswith("INVOKE_") and name not in known:
             import difflib
 
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f", like {close[0]}" if close else ""
-            raise ConfigError(name, os.environ[name], f"INVOKE_<SECTION>_<KEY> naming a key of invoke.yaml{hint}")
+            found.append(ConfigError(name, value, f"INVOKE_<SECTION>_<KEY> naming a key of invoke.yaml{hint}"))
+        elif name in ours and isinstance(runtime.get(ours[name][0]), dict) and ours[name][1] in runtime[ours[name][0]]:
+            from tasks import ui
+
+            ui.note_once(f"{name} is not used: -f {path} sets {'.'.join(ours[name])}, and a -f file comes first")
+    return found
+
+
+def problems(config) -> list[ConfigError]:
+    """Every unusable value of `config`, not only the first that `build` stops at.
+
+    Builds again with each bad key put back to invoke.yaml's value (the stack's
+    default where that is null) until the configuration builds. An error on a
+    key already put back (a default that does not fit another value) ends the
+    search: it would only repeat what is said.
+    """
+    raw = plain(config)
+    found: list[ConfigError] = []
+    done: set[str] = set()
+    while True:
+        try:
+            build(raw)
+            return found
+        except ConfigError as err:
+            top = _top_key(err.key)
+            if top in done:
+                return found
+            found.append(err)
+            done.add(top)
+            _put_back(raw, top)
+
+
+def _top_key(key: str) -> str:
+    """The setting a ConfigError's key is part of: cluster.hosts[0].port -> cluster.hosts."""
+    match = re.match(r"[A-Za-z_]+(\.[A-Za-z_]+)?", key)
+    return match.group(0) if match else key
+
+
+def _put_back(raw: dict, key: str) -> None:
+    """invoke.yaml's value at `key` (a section, or section.key) of `raw`; a key it does not have is removed."""
+    stock = _invoke_yaml()
+    section, _, name = key.partition(".")
+    values = raw.get(section)
+    if not name or not isinstance(values, dict):
+        if section in stock:
+            raw[section] = copy.deepcopy(stock[section])
+        else:
+            raw.pop(section, None)
+    elif name in stock.get(section, {}):
+        values[name] = copy.deepcopy(stock[section][name])
+    else:
+        values.pop(name, None)
 
 
 def load(c) -> Project:
-    """The project of a task's context (raises ConfigError); says once which settings the provider ignores."""
-    from tasks import ui
+    """The project of a task's context; says once which settings the provider ignores.
 
-    _sources(c.config)
-    project = build(c.config, c.config)
+    Raises ConfigError, or ConfigErrors naming every unusable value when there are several.
+    """
+    from tasks import ui
+    from tasks.errors import ConfigErrors
+
+    raw = plain(c.config)
+    found = _sources(c.config, raw)
+    try:
+        project = build(raw, c.config)
+    except ConfigError:
+        found += problems(raw)
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        raise ConfigErrors(found)
     if project.ignored:
         ui.note_once(f"cluster.provider {project.cluster.provider} ignores {', '.join(project.ignored)}")
     return project

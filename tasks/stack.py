@@ -127,9 +127,11 @@ def apply(stack: Stack, config: dict) -> dict:
             continue  # the section's type is checked with the rest
         mine = stack.defaults.get(section, {})
         for key in keys:
-            if key in mine and values.get(key) is None:
+            # An empty mapping is unset too: invoke.yaml gives `{}`, as Invoke cannot merge a file's mapping over null.
+            unset = values.get(key) is None or values.get(key) == {}
+            if key in mine and unset:
                 values[key] = copy.deepcopy(mine[key])
-            elif key not in mine and values.get(key) is not None:
+            elif key not in mine and not unset:
                 raise ConfigError(
                     f"{section}.{key}", values[key], f"no value: stack {stack.name} has no use for it (leave it null)"
                 )

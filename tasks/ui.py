@@ -6,10 +6,14 @@ import sys
 
 
 def console(stderr: bool = False):
+    """The rich console every table and bar goes through: no styles at all when NO_COLOR is set (no-color.org)."""
+    import os
+
     from rich.console import Console
 
+    plain = bool(os.environ.get("NO_COLOR"))
     # highlight=False: addresses and versions are printed as they are, not recoloured.
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, color_system=None if plain else "auto")
 
 
 def table(title: str, columns, rows) -> None:
@@ -37,22 +41,47 @@ def table(title: str, columns, rows) -> None:
 
 def transfer_bars():
     """A live display of byte transfers (bar, bytes, speed, time left) for the terminal."""
+    from rich import filesize
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.text import Text
+
+    class Speed(TransferSpeedColumn):
+        """Rich's recent speed, else the average since the start: rich forgets its samples whenever a task's
+        total changes (the total bar's grows as each file starts), and would show `?` until new ones come."""
+
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            if speed is None and task.elapsed and task.completed:
+                speed = task.completed / task.elapsed
+            if speed is None:
+                return Text("?", style="progress.data.speed")
+            return Text(f"{filesize.decimal(int(speed))}/s", style="progress.data.speed")
 
     return Progress(
         TextColumn("{task.description:<24}"),
         BarColumn(),
         DownloadColumn(),
-        TransferSpeedColumn(),
+        Speed(),
         TimeRemainingColumn(),
         console=console(),
     )
 
 
+# Lines programs print after their error that say nothing about it (kubeadm's, kubectl's).
+HINTS = ("To see the stack trace of this error", "Run 'kubectl ")
+
+
 def last_line(text: str) -> str:
-    """The last non-empty line of a command's output: usually its error message."""
+    """The last non-empty line of a command's output that is not a generic hint: usually its error message."""
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
+    telling = [line for line in lines if not line.strip().startswith(HINTS)] or lines
+    return telling[-1].strip() if telling else "no output"
+
+
+def indented(text: str) -> str:
+    """A program's whole message, to follow a line of ours: each line indented, blank lines left out."""
+    lines = [f"  {line.rstrip()}" for line in (text or "").splitlines() if line.strip()]
+    return "\n".join(lines) if lines else "  (no output)"
 
 
 def progress(message: str) -> None:

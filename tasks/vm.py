@@ -12,8 +12,9 @@ import os
 import re
 import shutil
 import sys
+from types import FrameType
 
-from invoke import task
+from invoke import Argument, Task, task
 
 from tasks import providers, settings
 from tasks.errors import StepError, UsageError, exits
@@ -27,7 +28,7 @@ from tasks.errors import StepError, UsageError, exits
     }
 )
 @exits
-def up(c, timeout=300, copy=True):
+def up(c, timeout=None, copy=True):
     """Start the VMs (`vagrant up`), wait until every node answers over SSH, then `inv copy`.
 
     With cluster.provider hosts there is nothing to start: only the wait and the copy.
@@ -76,16 +77,62 @@ def status(c):
     ui.table(f"Cluster ({cluster.provider})", ("node", "vm", "ssh", "role", "address"), rows)
 
 
+class _OptionalPositional(Argument):
+    """A positional argument that may be left out, which Invoke's parser does not know.
+
+    The parser asks `value is None` both to take the next word as the value
+    and, when the task's words end, to refuse a missing one: only to the
+    second question (asked in `ParserContext.missing_positional_args` from
+    `Parser.complete_context`) does this answer "given".
+    """
+
+    @property
+    def value(self):
+        if self._value is None:
+            frame: FrameType | None = sys._getframe(1)
+            for _ in range(3):  # the property's list comprehension, the property, complete_context
+                if frame is not None and frame.f_code.co_name == "complete_context":
+                    return ""
+                frame = frame.f_back if frame is not None else None
+        return self._value if self._value is not None else self.default
+
+    @value.setter
+    def value(self, arg) -> None:
+        self.set_value(arg, cast=True)
+
+
+class _NodeOptional(Task):
+    """A task whose `node` argument may be left out: `inv ssh` alone lists the nodes."""
+
+    def get_arguments(self, ignore_unknown_help=None):
+        arguments = super().get_arguments(ignore_unknown_help)
+        for argument in arguments:
+            if argument.name == "node":
+                argument.__class__ = _OptionalPositional
+        return arguments
+
+
 @task(
+    klass=_NodeOptional,
+    positional=["node"],
     help={
-        "node": "The node to log in to, e.g. calico-01.",
+        "node": "The node to log in to, e.g. calico-01; without it, the nodes are listed.",
         "command": "Run this command instead of an interactive shell.",
-    }
+    },
 )
 @exits
-def ssh(c, node, command=""):
-    """Log in to NODE over SSH (an interactive shell, or --command)."""
+def ssh(c, node=None, command=""):
+    """Log in to NODE over SSH (an interactive shell, or --command); without NODE, list the nodes."""
+    from tasks import ui
+
     project = settings.load(c)
+    if not node and command:
+        raise UsageError(f"--command {command!r}: expected a NODE to run it on, e.g. inv ssh calico-01 --command ...")
+    if not node:
+        cluster = project.cluster
+        rows = [(n.name, n.role, n.address or n.ip, f"inv ssh {n.name}") for n in cluster.nodes]
+        ui.table(f"Nodes ({cluster.provider}): log in with inv ssh NODE", ("node", "role", "address", "command"), rows)
+        return
     project.cluster.node(node)
     argv, env, folder = providers.of(project, c).login(node, command)
     if not shutil.which(argv[0]):

@@ -146,8 +146,12 @@ def start_inv(config: dict, tmp_path: Path, *args: str) -> subprocess.Popen:
     )
 
 
-def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, str]:
-    """Run the real `inv` with its output on a pseudo-terminal, as a user sees it: (exit status, screen text)."""
+def run_inv_on_terminal(
+    tmp_path: Path, *args: str, config: dict, env: dict | None = None, raw: bool = False
+) -> tuple[int, str]:
+    """Run the real `inv` with its output on a pseudo-terminal, as a user sees it: (exit status, screen text).
+
+    `env`: added to the environment; `raw`: the screen with its escape sequences, not without."""
     import pty
     import re
 
@@ -160,7 +164,7 @@ def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, 
         stdin=follower,
         stdout=follower,
         stderr=follower,
-        env=dict(os.environ, COLUMNS="140", TERM="xterm"),
+        env=dict(os.environ, COLUMNS="140", TERM="xterm", **(env or {})),
     )
     os.close(follower)
     screen = b""
@@ -174,7 +178,8 @@ def run_inv_on_terminal(tmp_path: Path, *args: str, config: dict) -> tuple[int, 
         screen += chunk
     os.close(leader)
     code = proc.wait(timeout=120)
-    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    text = screen.decode(errors="replace")
+    return code, text if raw else re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
 _KEYS: list = []  # RSA keys this test process has made, reused by the next tests

@@ -29,9 +29,23 @@ folders of `.root(name)`:
     root/var-lib-coreos-vagrant   -> /var/lib/coreos-vagrant
     root/var-lib-standin          -> /var/lib/standin   (state of stand-in programs)
     root/var-lib-inv              -> /var/lib/inv   (root's record of what `inv copy` installed)
+    root/etc-systemd-system       -> /etc/systemd/system   (units and drop-ins; tests/standins/systemctl)
+    root/etc-containerd           -> /etc/containerd
+    root/etc-sysctl.d             -> /etc/sysctl.d
+    root/etc-modules-load.d       -> /etc/modules-load.d
+    root/etc-flatcar              -> /etc/flatcar   (update.conf)
+    root/var-lib-kubelet          -> /var/lib/kubelet
+    root/var-lib-etcd             -> /var/lib/etcd
     root/hosts                    -> /etc/hosts   (names the node, so sudo resolves it)
 
-The binds are recursive: a filesystem mounted inside one of these folders
+and one folder that all nodes share, the pretend cluster's state as its etcd
+would hold it (tests/standins/kubeadm writes it, kubectl reads it):
+
+    <base>/standin-cluster        -> /var/lib/standin-cluster   (`.shared_dir()`)
+
+Binding over this machine's /etc/systemd/system inside a node's namespace hides
+nothing from this machine's systemd: the stand-in `systemctl` the tests ship to
+/opt/bin only ever reads the node's folder. The binds are recursive: a filesystem mounted inside one of these folders
 before the node starts is the node's too (`.small_disk(name, path)`).
 Everything else (/tmp, /usr, /etc) is this machine's. The user is `core`
 (created if missing, password login impossible, passwordless sudo), as on
@@ -67,7 +81,16 @@ MOUNTS = {
     "var-lib-coreos-vagrant": "/var/lib/coreos-vagrant",
     "var-lib-standin": "/var/lib/standin",
     "var-lib-inv": "/var/lib/inv",
+    "etc-systemd-system": "/etc/systemd/system",
+    "etc-containerd": "/etc/containerd",
+    "etc-sysctl.d": "/etc/sysctl.d",
+    "etc-modules-load.d": "/etc/modules-load.d",
+    "etc-flatcar": "/etc/flatcar",
+    "var-lib-kubelet": "/var/lib/kubelet",
+    "var-lib-etcd": "/var/lib/etcd",
 }
+# The folder of .base every node sees at SHARED_MOUNT: the pretend cluster's state.
+SHARED_FOLDER, SHARED_MOUNT = "standin-cluster", "/var/lib/standin-cluster"
 HOSTS_FILE = "hosts"
 
 SSHD_CONFIG = """\
@@ -155,6 +178,15 @@ def ensure_user() -> None:
             os.replace(tmp, sudoers)
 
 
+def _empty(folder: Path) -> None:
+    """Remove what is in `folder`, never the folder itself: a node's bind mount holds on to it."""
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def _keygen(path: Path) -> None:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
@@ -193,12 +225,19 @@ class SSHNodes:
     def log(self, name: str) -> str:
         return (self.dir(name) / "sshd.log").read_text(errors="replace")
 
+    def shared_dir(self) -> Path:
+        """The folder every node sees at /var/lib/standin-cluster."""
+        return self.base / SHARED_FOLDER
+
     def path(self, name: str, node_path: str) -> Path:
         """Where `node_path` as seen on node `name` lives on this machine."""
+        if node_path == SHARED_MOUNT or node_path.startswith(SHARED_MOUNT + "/"):
+            return self.shared_dir() / node_path[len(SHARED_MOUNT) :].lstrip("/")
         for folder, mount in sorted(MOUNTS.items(), key=lambda kv: -len(kv[1])):
             if node_path == mount or node_path.startswith(mount + "/"):
                 return self.root(name) / folder / node_path[len(mount) :].lstrip("/")
-        raise ValueError(f"{node_path} is not inside a node folder: {', '.join(MOUNTS.values())}")
+        folders = ", ".join([*MOUNTS.values(), SHARED_MOUNT])
+        raise ValueError(f"{node_path} is not inside a node folder: {folders}")
 
     def hosts(self, **fields) -> list[dict]:
         """The cluster.hosts entries for these nodes; `fields` are added to each."""
@@ -236,8 +275,9 @@ class SSHNodes:
     def setup(self) -> None:
         ensure_user()
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-        for mount in MOUNTS.values():
+        for mount in [*MOUNTS.values(), SHARED_MOUNT]:
             Path(mount).mkdir(parents=True, exist_ok=True)
+        self._make_shared_dir()
         self.port = free_port(list(self.addresses.values()))
         for name in self.names:
             d = self.dir(name)
@@ -265,8 +305,13 @@ class SSHNodes:
             p.chmod(0o755)
         os.chown(self.root(name) / "home-core", user.pw_uid, user.pw_gid)
 
+    def _make_shared_dir(self) -> None:
+        self.shared_dir().mkdir(parents=True, exist_ok=True)
+        self.shared_dir().chmod(0o755)
+
     def _spawn(self, name: str) -> None:
         binds = [f"mount --rbind {self.root(name) / folder} {mount}" for folder, mount in MOUNTS.items()]
+        binds.append(f"mount --rbind {self.shared_dir()} {SHARED_MOUNT}")
         binds.append(f"mount --bind {self.root(name) / HOSTS_FILE} /etc/hosts")
         script = NAMESPACE_SCRIPT.format(mounts=" && ".join(binds))
         log = open(self.dir(name) / "sshd.log", "ab")
@@ -380,15 +425,12 @@ class SSHNodes:
         self.start(name)
 
     def reset(self) -> None:
-        """Every node running, with empty folders: the state a test starts from."""
+        """Every node running, with empty folders (the shared one too): the state a test starts from."""
+        _empty(self.shared_dir())
+        self._make_shared_dir()
         for name in self.names:
             for folder in MOUNTS:
-                # Empty, never replace: the node's bind mount holds on to the folder itself.
-                for child in (self.root(name) / folder).iterdir():
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child)
-                    else:
-                        child.unlink()
+                _empty(self.root(name) / folder)
             self._make_folders(name)
             self.start(name)
 

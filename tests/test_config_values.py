@@ -197,6 +197,8 @@ CASES = [
     case({"download": {"parallel": 0}}, "download.parallel", 0, "a whole number of at least 1"),
     case({"download": {"parallel": -2}}, "download.parallel", -2, "a whole number of at least 1"),
     case({"download": {"parallel": "4"}}, "download.parallel", "4", "a whole number"),
+    case({"download": {"connections": 0}}, "download.connections", 0, "a whole number of at least 1"),
+    case({"download": {"connections": "8"}}, "download.connections", "8", "a whole number"),
     case({"download": {"timeout": 0}}, "download.timeout", 0, "a whole number of at least 1"),
     case({"download": {"retries": 0}}, "download.retries", 0, "a whole number of at least 1"),
     case({"download": {"lock_file": ""}}, "download.lock_file", "", "a file path"),

@@ -377,3 +377,11 @@ def test_busybox_1_36_nslookup_and_calicoctl_v3_node_status_are_read(rendered):
         "its IP_AUTODETECTION_METHOD must be cidr=<cluster.network> "
         "(manifests/current/calico/calico-node.yaml; run `inv render copy addons`)"
     )
+
+
+def test_a_configuration_file_sets_image_mirrors_over_the_default(tmp_path):
+    """invoke.yaml's `mirrors: {}` takes a file's mapping (Invoke merges no mapping over null)."""
+    config = current_config(tmp_path, images={"mirrors": {"docker.io": "https://hub.mirror.example"}})
+    done = run_inv(tmp_path, "render", config=config)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "containerd-certs.d" / "docker.io" / "hosts.toml").is_file()

@@ -79,9 +79,9 @@ def test_an_f_path_that_is_a_folder_is_one_line(tmp_path):
             "invalid configuration: INVOKE_CLUSTER_NUM_INSTANCES = 'three': expected a whole number",
         ),
         (
-            "INVOKE_CLUSTER_HOSTS",
-            "[]",
-            "invalid configuration: INVOKE_CLUSTER_HOSTS = '[]': expected nothing: lists and mappings are set in a -f FILE",
+            "INVOKE_DOWNLOAD_ALLOW_HTTP",
+            "false",  # Invoke would read it as true
+            "invalid configuration: INVOKE_DOWNLOAD_ALLOW_HTTP = 'false': expected 1 (true) or 0 (false)",
         ),
         (
             "INVOKE_CLUSTER_NUMINSTANCES",
@@ -96,6 +96,93 @@ def test_bad_environment_variables_are_one_line_and_exit_2(tmp_path, variable, v
     done = run_inv(tmp_path, "render", config=make_config(tmp_path), env=env, process=True)
     assert done.returncode == 2
     assert one_line(done).startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_list_a_file_sets_is_refused_from_the_environment_not_ignored(tmp_path):
+    config = {"paths": make_config(tmp_path)["paths"], "cluster": {"hosts": [{"name": "a", "address": "127.0.0.1"}]}}
+    env = dict(os.environ, INVOKE_CLUSTER_HOSTS="[]")
+    done = run_inv(tmp_path, "config", config=config, env=env, process=True)
+    assert done.returncode == 2
+    assert one_line(done) == (
+        "invalid configuration: INVOKE_CLUSTER_HOSTS = '[]': expected no value: "
+        "a configuration file sets cluster.hosts: change it there"
+    )
+
+
+def test_a_mapping_a_file_sets_is_refused_from_the_environment_not_ignored(tmp_path):
+    config = {"paths": make_config(tmp_path)["paths"], "download": {"mirrors": {"https://a.example/": "https://b/"}}}
+    env = dict(os.environ, INVOKE_DOWNLOAD_MIRRORS="{}")
+    done = run_inv(tmp_path, "config", config=config, env=env)
+    assert done.returncode == 2
+    assert one_line(done) == (
+        "invalid configuration: INVOKE_DOWNLOAD_MIRRORS = '{}': expected no value: "
+        "a configuration file sets download.mirrors: change it there"
+    )
+
+
+def test_every_list_and_mapping_is_read_from_the_environment_as_yaml(tmp_path):
+    env = dict(
+        os.environ,
+        INVOKE_CLUSTER_PROVIDER="hosts",
+        INVOKE_CLUSTER_HOSTS="[{name: calico-01, address: 127.0.0.1, port: 2222}]",
+        INVOKE_DOWNLOAD_MIRRORS="{'https://github.com/': 'https://mirror.example/gh/'}",
+        INVOKE_ADDONS_MANIFESTS="[busybox.yaml]",
+    )
+    done = run_inv(tmp_path, "config", config={"paths": make_config(tmp_path)["paths"]}, env=env)
+    assert done.returncode == 0, done.stderr
+    values = yaml.safe_load(done.stdout)
+    assert values["cluster"]["hosts"] == [{"name": "calico-01", "address": "127.0.0.1", "port": 2222}]
+    assert values["download"]["mirrors"] == {"https://github.com/": "https://mirror.example/gh/"}
+    assert values["addons"]["manifests"] == ["busybox.yaml"]
+
+
+@pytest.mark.parametrize(
+    "variable,value,message",
+    [
+        ("INVOKE_DOWNLOAD_MIRRORS", "[https://a/]", "download.mirrors = ['https://a/']: expected a mapping"),
+        ("INVOKE_DOWNLOAD_MIRRORS", "{a: [", "download.mirrors = '{a: [': expected a YAML mapping"),
+        ("INVOKE_CLUSTER_HOSTS", "[{name: a, adress: b}]", "cluster.hosts[0].adress = 'b': expected one of name"),
+        ("INVOKE_VM_IMAGES", "busybox", "vm.images = 'busybox': expected a list"),
+    ],
+)
+def test_lists_and_mappings_from_the_environment_are_checked_like_a_file(tmp_path, variable, value, message):
+    env = dict(os.environ, **{variable: value})
+    done = run_inv(tmp_path, "render", config={"paths": make_config(tmp_path)["paths"]}, env=env)
+    assert done.returncode == 2
+    assert one_line(done).startswith(f"invalid configuration: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_environment_value_a_f_file_overrides_is_said(tmp_path):
+    config = make_config(tmp_path)
+    env = dict(os.environ, INVOKE_CLUSTER_NUM_INSTANCES="5")
+    done = run_inv(tmp_path, "config", config=config, env=env)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["cluster"]["num_instances"] == 3
+    assert done.stderr == (
+        f"note: INVOKE_CLUSTER_NUM_INSTANCES is not used: -f {tmp_path / 'test-config.yaml'} "
+        "sets cluster.num_instances, and a -f file comes first\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("download", "--parallel", "abc"), "--parallel 'abc': expected a whole number"),
+        (("download", "--parallel=2.5"), "--parallel '2.5': expected a whole number"),
+        (("download", "-p", "x"), "--parallel 'x': expected a whole number"),
+        (("up", "--timeout", "abc"), "--timeout 'abc': expected a number of seconds, 0 or more"),
+        (("addons", "--timeout", "-1"), "--timeout '-1': expected a number of seconds, 0 or more"),
+        (("verify", "--timeout", "soon"), "--timeout 'soon': expected a number of seconds, 0 or more"),
+    ],
+)
+def test_a_bad_flag_value_is_one_line_and_exit_2(tmp_path, args, message):
+    # A real process: Invoke casts a flag's value while parsing the command line, before any task.
+    done = run_inv(tmp_path, *args, config=make_config(tmp_path), process=True)
+    assert done.returncode == 2
+    assert one_line(done) == message
+    assert done.stdout == ""
     assert not (tmp_path / "out").exists()
 
 

@@ -8,6 +8,7 @@ all `nodes` takes from Vagrant.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import threading
@@ -91,6 +92,42 @@ def test_hosts_provider_honours_the_users_ssh_config(ssh_nodes, tmp_path, monkey
     c = context(config)
     with group(c) as conns:
         assert conns.run(hostname) == {n: n for n in conns.names}
+
+
+def ssh_config_hosts(ssh_nodes, home, login: str, **entry) -> dict:
+    """Hosts entries with only name, address and key_file (and `entry`), and an ~/.ssh/config giving each
+    node's address the nodes' Port and User `login`."""
+    (home / ".ssh" / "config").write_text(
+        "".join(f"Host {a}\n  Port {ssh_nodes.port}\n  User {login}\n" for a in ssh_nodes.addresses.values())
+    )
+    hosts = [{k: h[k] for k in ("name", "address", "key_file")} | entry for h in ssh_nodes.hosts()]
+    return copy.deepcopy(ssh_nodes.config) | {"cluster": ssh_nodes.config["cluster"] | {"hosts": hosts}}
+
+
+def test_ssh_config_port_applies_where_the_hosts_entry_leaves_it_out(ssh_nodes, home):
+    c = context(ssh_config_hosts(ssh_nodes, home, "core"))
+    with group(c) as conns:
+        assert conns.run(hostname) == {n: n for n in ssh_nodes.names}
+
+
+def test_ssh_config_user_applies_where_the_hosts_entry_leaves_it_out(ssh_nodes, home):
+    """The nodes' sshd logs in whichever user asks with the node's key: `nobody` (home /nonexistent), whose
+    shell refuses."""
+    c = context(ssh_config_hosts(ssh_nodes, home, "nobody"))
+    with (
+        group(c) as conns,
+        pytest.raises(NodesFailed, match="exited 1: Could not chdir to home directory /nonexistent"),
+    ):
+        conns.run(hostname)
+    c = context(ssh_config_hosts(ssh_nodes, home, "nobody", user="core"))  # the entry's wins
+    with group(c) as conns:
+        assert conns.run(hostname) == {n: n for n in ssh_nodes.names}
+
+
+def test_a_hosts_entrys_port_wins_over_ssh_config(ssh_nodes, home):
+    c = context(ssh_config_hosts(ssh_nodes, home, "core", port=1))  # nothing listens there
+    with group(c) as conns, pytest.raises(NodesFailed, match=r"calico-01 \(127.0.0.1:1\): connection refused"):
+        conns.run(hostname)
 
 
 def test_on_nodes_names_the_failed_node_after_the_others_complete(ssh_nodes):
@@ -225,8 +262,8 @@ def test_vagrant_ssh_config_failure_says_to_run_up(tmp_path, monkeypatch):
     with pytest.raises(StepError) as err, group(c):
         pass
     assert str(err.value) == (
-        "`vagrant ssh-config` failed: The provider for this Vagrant-managed machine is "
-        "reporting that it is not yet ready for SSH. (are the VMs up? run `inv up`)"
+        "`vagrant ssh-config` failed (are the VMs up? run `inv up`); Vagrant says:\n"
+        "  The provider for this Vagrant-managed machine is reporting that it is not yet ready for SSH."
     )
 
 

@@ -191,3 +191,50 @@ def test_settings_the_provider_ignores_are_named_once(tmp_path):
     assert settings.build(make_config(tmp_path, cluster={"provider": "hosts", "hosts": hosts})).ignored == ()
     vagrant = make_config(tmp_path, cluster={"hosts": hosts})
     assert settings.build(vagrant).ignored == ("cluster.hosts",)
+
+
+def test_config_names_every_invalid_value_at_once(tmp_path):
+    config = make_config(
+        tmp_path,
+        cluster={"num_instances": 0, "first_ip": "1.2.3", "ssh_timeout": "x"},
+        vm={"memory": -1},
+        download={"parallel": 0},
+        verify={"ui_path": "nope"},
+    )
+    done = run_inv(tmp_path, "config", config=config)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "invalid configuration: cluster.ssh_timeout = 'x': expected a whole number",
+        "invalid configuration: cluster.num_instances = 0: expected a whole number of at least 1",
+        "invalid configuration: cluster.first_ip = '1.2.3': expected an IPv4 address like 172.18.18.101",
+        "invalid configuration: vm.memory = -1: expected a whole number of at least 1",
+        "invalid configuration: download.parallel = 0: expected a whole number of at least 1",
+        "invalid configuration: verify.ui_path = 'nope': expected a URL path starting with /",
+    ]
+
+
+def test_every_task_names_every_invalid_value_and_writes_nothing(tmp_path):
+    config = make_config(tmp_path, vm={"cpus": 0}, verify={"interval": 0})
+    import os
+
+    env = dict(os.environ, INVOKE_CLUSTR_NUM_INSTANCES="2")
+    done = run_inv(tmp_path, "render", config=config, env=env)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "invalid configuration: INVOKE_CLUSTR_NUM_INSTANCES = '2': expected INVOKE_<SECTION>_<KEY> naming a key of "
+        "invoke.yaml, like INVOKE_CLUSTER_NUM_INSTANCES",
+        "invalid configuration: vm.cpus = 0: expected a whole number of at least 1",
+        "invalid configuration: verify.interval = 0: expected a whole number of at least 1",
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_value_that_clashes_with_a_default_is_named_once(tmp_path):
+    """calico.pool is named for its overlap; put back to its default it overlaps still: said once, not again."""
+    config = make_config(tmp_path, kubernetes={"service_range": "192.168.0.0/16", "dns_ip": "192.168.0.10"})
+    assert [str(p) for p in settings.problems(config)] == [
+        "invalid configuration: calico.pool = '192.168.0.0/16': expected a network that does not overlap "
+        "kubernetes.service_range 192.168.0.0/16"
+    ]
+    assert settings.problems(make_config(tmp_path)) == []

@@ -71,10 +71,21 @@ def test_the_only_difference_is_the_template_folder_in_headers(tmp_path):
 
 
 def test_invoke_yaml_leaves_exactly_the_stack_keys_to_the_stack():
-    """A key some stack defines is null in invoke.yaml, and every null key is some stack's."""
-    nulls = {(s, k) for s, keys in DEFAULTS.items() if isinstance(keys, dict) for k, v in keys.items() if v is None}
+    """A key some stack defines is null in invoke.yaml, and every null key is some stack's, or a list no stack
+    gives (null there so that INVOKE_* can set it: Invoke refuses to replace a list from the environment)."""
+    nulls = {
+        (s, k)
+        for s, keys in DEFAULTS.items()
+        if isinstance(keys, dict)
+        for k, v in keys.items()
+        # A stack's mapping is {}: Invoke cannot merge a -f file's mapping over null.
+        if v is None or (v == {} and k in stack.stack_keys().get(s, ()))
+    }
     defined = {(s, k) for s, keys in stack.stack_keys().items() for k in keys}
-    assert nulls == defined
+    empty_lists = {(s, k) for s, keys in settings.SCHEMA.items() for k, kind in keys.items() if kind is list}
+    assert defined <= nulls
+    assert nulls - defined <= empty_lists
+    assert ("cluster", "hosts") in nulls - defined
 
 
 def test_every_stack_file_names_folders_and_templates_that_exist():

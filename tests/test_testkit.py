@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -51,3 +52,41 @@ def test_tests_using_the_sshd_nodes_are_marked_nodes():
     direct, indirect, other = item("tmp_path", "ssh_nodes"), item("installed", "ssh_cluster"), item("config")
     conftest.pytest_collection_modifyitems([direct, indirect, other])
     assert [[m.name for m in i.marks] for i in (direct, indirect, other)] == [["nodes"], ["nodes"], []]
+
+
+def on_node(nodes, name: str, command: str) -> subprocess.CompletedProcess:
+    """`command` as root on node `name`, through its real sshd."""
+    return subprocess.run(
+        ["ssh", "-i", str(nodes.key_file(name)), "-p", str(nodes.port), "-o", "StrictHostKeyChecking=no"]
+        + ["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"core@{nodes.addresses[name]}"]
+        + [f"sudo sh -c '{command}'"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_nodes_have_folders_of_their_own_and_share_the_pretend_clusters(ssh_nodes):
+    written = on_node(
+        ssh_nodes,
+        "calico-01",
+        "echo unit > /etc/systemd/system/kubelet.service && echo etcd > /var/lib/etcd/member"
+        " && echo cluster > /var/lib/standin-cluster/cluster.json",
+    )
+    assert written.returncode == 0, written.stderr
+
+    assert ssh_nodes.path("calico-01", "/etc/systemd/system/kubelet.service").read_text() == "unit\n"
+    assert ssh_nodes.path("calico-01", "/var/lib/etcd/member").read_text() == "etcd\n"
+    assert (
+        ssh_nodes.path("calico-03", "/var/lib/standin-cluster/cluster.json") == ssh_nodes.shared_dir() / "cluster.json"
+    )
+    seen = on_node(
+        ssh_nodes, "calico-02", "cat /var/lib/standin-cluster/cluster.json; ls /etc/systemd/system /var/lib/etcd"
+    )
+    assert (seen.returncode, seen.stdout) == (0, "cluster\n/etc/systemd/system:\n\n/var/lib/etcd:\n")
+
+
+def test_reset_empties_the_shared_folder_too(ssh_cluster):
+    (ssh_cluster.shared_dir() / "cluster.json").write_text("{}")
+    ssh_cluster.reset()
+    assert list(ssh_cluster.shared_dir().iterdir()) == []

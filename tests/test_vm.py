@@ -168,6 +168,50 @@ def test_status_with_vagrant_shows_machines_not_created(vagrant_env, tmp_path):
     }
 
 
+def test_status_shows_vagrants_whole_message_when_virtualbox_is_missing(vagrant_env, tmp_path):
+    """Real Vagrant with no VirtualBox at all: its multi-line error reaches the user whole, commas and all
+    (with --machine-readable Vagrant prints it escaped on stdout, not on stderr)."""
+    config, env, bin_dir = vagrant_env
+    (bin_dir / "VBoxManage").unlink()
+    done = run_inv(tmp_path, "status", config=config, env=env)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[:2] == [
+        "`vagrant status` failed; Vagrant says:",
+        "  No usable default provider could be found for your system.",
+    ]
+    assert "  environments. Examples are VirtualBox, VMware, Hyper-V." in lines
+    assert lines[-1] == "  error message for that particular provider."
+    assert all(line.startswith("  ") and line.strip() for line in lines[1:])  # indented, no blank lines
+
+
+@pytest.mark.parametrize("step", ["addons", "verify"])
+def test_steps_on_the_nodes_show_vagrants_whole_message_when_the_vms_are_not_created(vagrant_env, tmp_path, step):
+    """Real Vagrant, VirtualBox's VBoxManage a stand-in: `vagrant ssh-config` of machines never created."""
+    config, env, _ = vagrant_env
+    done = run_inv(tmp_path, step, config=config, env=env)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "`vagrant ssh-config` failed (are the VMs up? run `inv up`); Vagrant says:",
+        "  The provider for this Vagrant-managed machine is reporting that it",
+        "  is not yet ready for SSH. Depending on your provider this can carry",
+        "  different meanings. Make sure your machine is created and running and",
+        "  try again. Additionally, check the output of `vagrant status` to verify",
+        "  that the machine is in the state that you expect. If you continue to",
+        "  get this error message, please view the documentation for the provider",
+        "  you're using.",
+    ]
+
+
+def test_vagrant_says_reads_the_machine_readable_error_exit():
+    stdout = (
+        "1795863223,,ui,error,ignored\n"
+        "1795863223,,error-exit,Vagrant::Errors::Example,First line%!(VAGRANT_COMMA) still first.\\n\\nSecond line.\n"
+    )
+    assert providers.vagrant_says(stdout, "") == "First line, still first.\n\nSecond line."
+    assert providers.vagrant_says("", "  plain text\n") == "plain text"
+
+
 def test_parse_status_reads_each_machine_state():
     assert providers.parse_status(MACHINE_READABLE) == {
         "calico-01": "running",
@@ -182,6 +226,50 @@ def test_ssh_runs_a_command_on_the_node_and_passes_its_exit_status(ssh_nodes, tm
     assert (done.returncode, done.stdout) == (0, "calico-02\ncore\n"), done.stderr
     failed = run_inv(tmp_path, "ssh", "calico-03", "-c", "exit 3", config=ssh_nodes.config, process=True)
     assert failed.returncode == 3
+
+
+def test_ssh_logs_in_with_the_port_and_user_of_ssh_config_where_the_hosts_entry_leaves_them_out(
+    ssh_nodes, home, tmp_path
+):
+    from test_nodes import ssh_config_hosts
+
+    config = ssh_config_hosts(ssh_nodes, home, "nobody")  # nobody's shell refuses: proof of the user
+    env = dict(os.environ, HOME=str(home))
+    done = run_inv(tmp_path, "ssh", "calico-02", "-c", "id -un", config=config, env=env, process=True)
+    assert done.returncode == 1
+    assert "This account is currently not available." in done.stdout + done.stderr
+    config = ssh_config_hosts(ssh_nodes, home, "core")
+    done = run_inv(tmp_path, "ssh", "calico-02", "-c", "id -un", config=config, env=env, process=True)
+    assert (done.returncode, done.stdout) == (0, "core\n"), done.stderr
+
+
+def test_ssh_without_a_node_lists_the_nodes_and_how_to_log_in(tmp_path):
+    config = make_config(tmp_path)
+    config["cluster"].update(
+        provider="hosts",
+        hosts=[
+            {"name": "m1", "address": "10.0.0.5", "ip": "172.18.18.101"},
+            {"name": "w1", "address": "w1.example", "ip": "172.18.18.102"},
+        ],
+    )
+    done = run_inv(tmp_path, "ssh", config=config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "Nodes (hosts): log in with inv ssh NODE",
+        "node\trole\taddress\tcommand",
+        "m1\tmaster\t10.0.0.5\tinv ssh m1",
+        "w1\tnode\tw1.example\tinv ssh w1",
+    ]
+    assert done.stderr == ""
+
+
+def test_ssh_with_a_command_and_no_node_is_one_line_and_exit_2(tmp_path):
+    done = run_inv(tmp_path, "ssh", "--command", "hostname", config=make_config(tmp_path))
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == "--command 'hostname': expected a NODE to run it on, e.g. inv ssh calico-01 --command ..."
+    )
 
 
 def test_ssh_names_an_unknown_node_and_the_known_ones(ssh_nodes, tmp_path):
