@@ -30,7 +30,7 @@ NETWORKS_CONF_VARIABLE = "INV_VBOX_NETWORKS_CONF"  # another path for it (tests)
 HOST_ONLY_DEFAULT = "192.168.56.0/21"
 HOST_ONLY_LIMITED_FROM = (6, 1, 28)
 PROBE_TIMEOUT = 5  # seconds at most for each download host's answer
-PIP_INSTALL = "python3 -m pip install -e . (in the project folder)"
+PIP_INSTALL = "python3 -m venv .venv && .venv/bin/pip install -e . (in the project folder), as README.md says"
 # Module each distribution of pyproject.toml is imported as, where the names differ.
 MODULES = {"Jinja2": "jinja2", "PyYAML": "yaml"}
 

@@ -147,6 +147,7 @@ class Cluster:
     user_data_path: str = ""
     activate_command: str = ""
     mirrors: dict = field(default_factory=dict, hash=False)  # registry -> mirror URL (images.mirrors)
+    docker: bool = True  # the nodes' runtime is Docker, which `vagrant up` pre-pulls images with (the seed's)
     host_key_policy: str = "accept-new"
 
     @property
@@ -165,7 +166,12 @@ class Cluster:
 
     @property
     def images(self) -> list[str]:
-        """Docker images every VM pre-pulls (the seed's), without repeats, in a stable order."""
+        """Docker images every VM pre-pulls (the seed's), without repeats, in a stable order.
+
+        None where the nodes run no Docker: containerd pulls its own images, through images.mirrors.
+        """
+        if not self.docker:
+            return []
         wanted = [*self.vm["images"], self.pause_image, self.calico_node_image]
         return list(dict.fromkeys(image for image in wanted if image))
 
@@ -387,7 +393,7 @@ def _apart(services, pool, network, nodes: list[Node]) -> None:
                 )
 
 
-def _cluster(config: dict) -> Cluster:
+def _cluster(config: dict, docker: bool = True) -> Cluster:
     from tasks import providers
 
     cl, vm, k8s = config["cluster"], config["vm"], config["kubernetes"]
@@ -462,6 +468,7 @@ def _cluster(config: dict) -> Cluster:
         activate_command=cl["activate_command"] or "",
         host_key_policy=cl["host_key_policy"],
         mirrors=dict(mirrors),
+        docker=docker,
     )
 
 
@@ -627,7 +634,7 @@ def build(config, invoke_config=None) -> Project:
     values = _from_environment(stacks.apply(stack, raw))
     check_keys(values)
     output, downloads = _paths(values)
-    cluster = _cluster(values)
+    cluster = _cluster(values, stack.docker)
     effective: dict[str, Any] = {"stack": stack.name}
     for section in SCHEMA:
         effective[section] = {k: v for k, v in values[section].items() if v is not None}

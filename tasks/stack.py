@@ -40,6 +40,8 @@ class Stack:
     mirror_template: str = ""
     # The steps that work for this stack; empty: all of them.
     steps: tuple = ()
+    # The nodes run Docker: `vagrant up` pre-pulls vm.images, the pause and calico/node images with it.
+    docker: bool = False
     # Empty folders `inv copy` makes on every node (root's, 0755).
     folders: tuple = ()
     # Rendered files `inv copy` sends besides the node's configuration, each a mapping of source
@@ -99,6 +101,7 @@ def load(name: str) -> Stack:
         mirror_template=data.get("mirror_template", ""),
         files=tuple(data.get("files") or ()),
         folders=tuple(data.get("folders") or ()),
+        docker=bool(data.get("docker")),
         mirror_dest=data.get("mirror_dest", ""),
         apply=bool(data.get("apply")),
         checks=data.get("checks") or {},

@@ -374,8 +374,8 @@ def test_busybox_1_36_nslookup_and_calicoctl_v3_node_status_are_read(rendered):
     assert [r.ok for r in rows] == [True, False, False]
     assert "peer calico-03 (192.168.56.103): no BGP session" in rows[1].detail
     assert rows[2].detail.endswith(
-        "its IP_AUTODETECTION_METHOD must be cidr=<cluster.network> "
-        "(manifests/current/calico/calico-node.yaml; run `inv render copy addons`)"
+        "its IP_AUTODETECTION_METHOD must be kubernetes-internal-ip and its kubelet's node-ip the node's address "
+        "(manifests/current/calico/calico-node.yaml, the kubeadm configuration; run `inv render copy addons`)"
     )
 
 
@@ -385,3 +385,13 @@ def test_a_configuration_file_sets_image_mirrors_over_the_default(tmp_path):
     done = run_inv(tmp_path, "render", config=config)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "containerd-certs.d" / "docker.io" / "hosts.toml").is_file()
+
+
+def test_the_current_stack_pulls_no_image_with_docker_and_refuses_vm_images(tmp_path):
+    """containerd pulls its own images (through images.mirrors): `vagrant up` runs no Docker provisioner."""
+    config = current_config(tmp_path)
+    render.render_all(project(config))
+    assert json.loads((tmp_path / "out" / "cluster.json").read_text())["images"] == []
+    config["vm"]["images"] = ["busybox:latest"]
+    with pytest.raises(settings.ConfigError, match="vm.images .*stack current has no use for it"):
+        project(config)

@@ -107,7 +107,7 @@ def test_the_whole_procedure_brings_up_a_verified_cluster_and_a_rerun_changes_no
     objects = json.loads(ssh_nodes.path(master, "/var/lib/standin/kubectl.json").read_text())["objects"]
     node_ds = next(o for o in objects if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "calico-node")
     env = {e["name"]: e.get("value") for e in node_ds["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["IP_AUTODETECTION_METHOD"] == "cidr=192.168.56.0/24" and env["CALICO_IPV4POOL_CIDR"] == "10.244.0.0/16"
+    assert env["IP_AUTODETECTION_METHOD"] == "kubernetes-internal-ip" and env["CALICO_IPV4POOL_CIDR"] == "10.244.0.0/16"
 
     # Again: nothing to send, kubeadm not run again, every object unchanged.
     joined = [n["joined"] for n in shared_cluster(ssh_nodes)["nodes"]]

@@ -148,7 +148,8 @@ def test_every_list_and_mapping_is_read_from_the_environment_as_yaml(tmp_path):
 )
 def test_lists_and_mappings_from_the_environment_are_checked_like_a_file(tmp_path, variable, value, message):
     env = dict(os.environ, **{variable: value})
-    done = run_inv(tmp_path, "render", config={"paths": make_config(tmp_path)["paths"]}, env=env)
+    config = {"stack": "seed", "paths": make_config(tmp_path)["paths"]}  # the stack with vm.images
+    done = run_inv(tmp_path, "render", config=config, env=env)
     assert done.returncode == 2
     assert one_line(done).startswith(f"invalid configuration: {message}")
     assert not (tmp_path / "out").exists()
@@ -188,7 +189,8 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(tmp_path, args, message):
 
 def test_a_list_over_a_null_default_is_read_as_yaml(tmp_path):
     env = dict(os.environ, INVOKE_VM_IMAGES="[busybox:latest, nginx:1.9]")
-    done = run_inv(tmp_path, "config", config={"paths": make_config(tmp_path)["paths"]}, env=env)
+    config = {"stack": "seed", "paths": make_config(tmp_path)["paths"]}  # the stack with vm.images
+    done = run_inv(tmp_path, "config", config=config, env=env)
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout)["vm"]["images"] == ["busybox:latest", "nginx:1.9"]
 
