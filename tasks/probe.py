@@ -10,6 +10,10 @@
 - **service**: from each probe pod, the ClusterIP Service `net-probe` in front
   of the probes answers (kube-proxy on that node forwards it), and so does the
   `kubernetes` service on the first service address (port 443).
+- **policy** (stack current; Kubernetes 1.1 has no NetworkPolicy): in a scratch
+  namespace of the run, a default-deny NetworkPolicy makes a target pod
+  unreachable from a client pod, then an allow rule makes it reachable again,
+  each within POLICY_SECONDS; the namespace is removed whatever happens.
 
 The probes are one bare Pod per node, pinned with `spec.nodeName`, not a
 DaemonSet: Kubernetes 1.1 (stack seed) serves no DaemonSet unless the
@@ -25,7 +29,7 @@ script whose pings and wgets run at once, so a run costs N execs, in parallel.
 Pure: the objects (`manifests`), the script (`sweep_script`), busybox's
 output read back (`parse_sweep`, `ping_outcome`, `wget_outcome`) and turned
 into rows with their remedies (`cell_result`, `service_results`), the matrix.
-Effects: `Mesh`, over the `Nodes` group's connection to the master.
+Effects: `Mesh` and its `Policy`, over the `Nodes` group's connection to the master.
 """
 
 from __future__ import annotations
