@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 from invoke import task
 
-from tasks import kube, settings
+from tasks import kube, probe, settings
 from tasks.errors import StepError, exits
 from tasks.kube import Probe, Result, guarded, kubectl_json, remote
 from tasks.settings import Cluster, Project
@@ -264,25 +264,26 @@ def remedies_for(results: list[Result], remedies: dict) -> dict[str, str]:
     return {check: remedies[check] for check in failed if check in remedies}
 
 
-def report(results: list[Result], as_json: bool, timeout: float, remedies: dict | None = None) -> None:
+def report(
+    results: list[Result],
+    as_json: bool,
+    timeout: float,
+    mesh: probe.Mesh | None = None,
+    remedies: dict | None = None,
+) -> None:
     from tasks import ui
 
+    cells = mesh.cells if mesh else []
     todo = remedies_for(results, remedies or {})
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "ok": all(r.ok for r in results),
-                    "timeout": timeout,
-                    "checks": [asdict(r) for r in results],
-                    "remedies": todo,
-                },
-                indent=2,
-            ),
-            flush=True,
-        )
+        body = {"ok": all(r.ok for r in results), "timeout": timeout, "checks": [asdict(r) for r in results]}
+        body["matrix"] = probe.matrix_json(cells)
+        body["remedies"] = todo
+        print(json.dumps(body, indent=2), flush=True)
         return
     ui.table("Cluster checks", ("check", "node", "result", "detail"), kube.table_rows(results))
+    if mesh and cells:
+        ui.table(*mesh.table())
     if todo:
         ui.table("What to do", ("check", "remedy"), list(todo.items()))
 
@@ -291,26 +292,30 @@ def report(results: list[Result], as_json: bool, timeout: float, remedies: dict 
     help={
         "timeout": "Seconds each check may keep failing before it counts as failed (default verify.timeout).",
         "json": "Print the results as JSON (for scripts) instead of a table.",
+        "keep": "Leave the probe pods and their Service on the cluster afterwards (for debugging).",
     }
 )
 @exits
-def verify(c, timeout=None, json=False):
-    """Check the running cluster: nodes, pods, DNS, BGP mesh and web UI, with what to do about each failure.
+def verify(c, timeout=None, json=False, keep=False):
+    """Check the running cluster: nodes, pods, DNS, BGP, the pod network and web UI, with what to do about failures.
 
     Every node registered and Ready; every kube-system pod and busybox running
     and ready; the API service's name looked up in busybox and answered by the
     cluster DNS; on every node a `node-to-node mesh` BGP session, up and
     Established, to every other node; the web UI (kube-ui, Headlamp) answering
-    through the API server proxy. Exits non-zero naming every failed check.
+    through the API server proxy; from a probe pod on every node, every other
+    node's probe over ICMP and TCP, the probes' Service and the kubernetes
+    service, and (stack current) NetworkPolicy enforced (tasks/probe.py).
+    Exits non-zero naming every failed check.
     """
     from tasks.nodes import Nodes
 
     project = settings.load(c)
     project.stack.check_step("verify")
     wait = kube.seconds(timeout, project.verify.timeout)
-    with Nodes(c, project) as group:
-        results = kube.run_checks(probes(project, group), wait, project.verify.interval)
-    report(results, json, wait, project.stack.checks.get("remedies"))
+    with Nodes(c, project) as group, probe.Mesh(project, group, keep) as mesh:
+        results = kube.run_checks(probes(project, group) + mesh.checks(), wait, project.verify.interval)
+    report(results, json, wait, mesh, project.stack.checks.get("remedies"))
     if not all(r.ok for r in results):
         raise StepError(failure_message(results))
     if not json:

@@ -81,7 +81,7 @@ def test_the_whole_procedure_brings_up_a_verified_cluster_and_a_rerun_changes_no
         report = json.loads(done.stdout[done.stdout.index('{\n  "ok"') :])
         assert report["ok"] is True
         checks = {r["check"] for r in report["checks"]}
-        assert checks >= {"nodes", "kube-system", "busybox", "dns", "bgp", "headlamp"}
+        assert checks >= {"nodes", "kube-system", "busybox", "dns", "bgp", "headlamp", "mesh", "service", "policy"}
         dns = next(r for r in report["checks"] if r["check"] == "dns")
         assert dns["detail"] == "kubernetes.default.svc.cluster.local -> 10.96.0.1 from 10.96.0.10"
 

@@ -64,9 +64,19 @@ def test_the_whole_procedure_in_one_command(ssh_nodes, tmp_path):
         assert "Addons running: 3 pod(s)." in done.stdout
         report = json.loads(done.stdout[done.stdout.index('{\n  "ok"') :])  # verify --json prints last
         assert report["ok"] is True
-        assert {r["check"] for r in report["checks"]} == {"nodes", "kube-system", "busybox", "dns", "bgp", "kube-ui"}
+        assert {r["check"] for r in report["checks"]} == {
+            "nodes",
+            "kube-system",
+            "busybox",
+            "dns",
+            "bgp",
+            "kube-ui",
+            "mesh",
+            "service",
+        }
         assert all(r["ok"] for r in report["checks"])
         assert len([r for r in report["checks"] if r["check"] == "bgp"]) == 6  # each node sees its 2 peers
+        assert len([c for c in report["matrix"] if c["ok"]]) == 6  # each node's probe reaches the 2 others
 
         lock = (tmp_path / "downloads.lock").read_text()
         assert all(f"  {a['name']} " in lock for a in artifacts)
