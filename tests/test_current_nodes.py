@@ -14,6 +14,7 @@ the downloads from a loopback HTTP server through download.mirrors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -21,7 +22,7 @@ from test_end_to_end import serve_artifacts
 
 from conftest import project, run_inv
 from standin_cluster import STANDINS, give_state_folders, prepare
-from test_download import FileServer
+from test_download import FileServer, url_path
 
 
 def current_config(ssh_nodes, tmp_path, **sections) -> dict:
@@ -67,14 +68,17 @@ def test_the_whole_procedure_brings_up_a_verified_cluster_and_a_rerun_changes_no
                 "allow_http": True,  # the loopback server
             },
         )
-        # The stand-ins are not the pinned releases: no pins, trust on first use.
-        config["download"]["artifacts"] = [
-            dict(a, sha256="") for a in project(config).stack.defaults["download"]["artifacts"]
-        ]
+        # Every artifact pinned, as the stack pins the releases: here to the stand-ins' digests, so no
+        # trust on first use is needed, as with the real ones.
+        versions = project(config).stack.defaults["versions"]
         serve_artifacts(srv, config)
+        config["download"]["artifacts"] = [
+            dict(a, sha256=hashlib.sha256(srv.files[url_path(a["url"].format(**versions))]).hexdigest())
+            for a in project(config).stack.defaults["download"]["artifacts"]
+        ]
         ssh_nodes.reset()
         ready_nodes(ssh_nodes, config)
-        steps = ["download", "--trust-first-use", "render", "up", "--timeout", "30"]
+        steps = ["download", "render", "up", "--timeout", "30"]
         steps += ["addons", "--timeout", "30", "verify", "--timeout", "30", "--json"]
         done = run_inv(tmp_path, *steps, config=config)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -141,3 +145,12 @@ def test_a_failed_kubeadm_init_fails_copy_and_the_next_copy_resets_and_succeeds(
     calls = systemd(ssh_nodes, master)["calls"]
     assert sorted(n["name"] for n in shared_cluster(ssh_nodes)["nodes"]) == sorted(ssh_nodes.names)
     assert ["stop", "kubelet"] in calls or any("stop" in c for c in calls)  # kubeadm reset stopped the kubelet
+    # A setting kubeadm cannot change in a running cluster: the next copy says so instead of pretending.
+    config["kubernetes"]["domain"] = "example.internal"
+    assert run_inv(tmp_path, "render", config=config).returncode == 0
+    changed = run_inv(tmp_path, "copy", config=config)
+    assert changed.returncode == 1
+    assert (
+        "activate: this node joined the cluster with another /etc/kubernetes/kubeadm.yaml: kubeadm cannot apply "
+        "a new one in place; set the settings back, or rebuild the cluster" in changed.stderr
+    ), changed.stderr

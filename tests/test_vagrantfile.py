@@ -42,9 +42,11 @@ def vagrant(env, *args):
     return subprocess.run(["vagrant", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("count", [3, 5])
-def test_validate_and_status_list_the_machines(tmp_path, vagrant_env, count):
-    render.render_all(project(make_config(tmp_path, cluster={"num_instances": count})))
+@pytest.mark.parametrize("stack,count", [("seed", 3), ("seed", 5), ("current", 3)])
+def test_validate_and_status_list_the_machines(tmp_path, vagrant_env, stack, count):
+    config = make_config(tmp_path, cluster={"num_instances": count})
+    config["stack"] = stack
+    render.render_all(project(config))
     result = vagrant(vagrant_env, "validate")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Vagrantfile validated successfully" in result.stdout
