@@ -58,6 +58,10 @@ def test_each_node_gets_its_kubeadm_configuration(rendered):
         "dnsDomain": "cluster.local",
     }
     assert init[1]["kubernetesVersion"] == "v1.36.4"
+    # Flatcar's /usr is read-only: volume plugins live under /opt.
+    plugins = "/opt/libexec/kubernetes/kubelet-plugins/volume/exec/"
+    assert init[2]["volumePluginDir"] == plugins
+    assert {"name": "flex-volume-plugin-dir", "value": plugins} in init[1]["controllerManager"]["extraArgs"]
     ca = x509.load_pem_x509_certificate((out / "pki" / "ca.crt").read_bytes())
     for name, ip in (("calico-02", "192.168.56.102"), ("calico-03", "192.168.56.103")):
         (join,) = documents(out / "nodes" / f"{name}.yaml")
