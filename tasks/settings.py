@@ -635,6 +635,13 @@ def build(config, invoke_config=None) -> Project:
     check_keys(values)
     output, downloads = _paths(values)
     cluster = _cluster(values, stack.docker)
+    tenth = str(ipaddress.ip_network(cluster.service_range)[10])
+    if stack.kubeadm and cluster.dns_ip != tenth:
+        raise ConfigError(
+            "kubernetes.dns_ip",
+            cluster.dns_ip,
+            f"{tenth}: kubeadm gives CoreDNS the tenth address of the service range",
+        )
     effective: dict[str, Any] = {"stack": stack.name}
     for section in SCHEMA:
         effective[section] = {k: v for k, v in values[section].items() if v is not None}

@@ -399,3 +399,14 @@ def test_the_current_stack_pulls_no_image_with_docker_and_refuses_vm_images(tmp_
     config["vm"]["images"] = ["busybox:latest"]
     with pytest.raises(settings.ConfigError, match="vm.images .*stack current has no use for it"):
         project(config)
+
+
+def test_a_dns_address_kubeadm_would_not_give_coredns_is_refused(tmp_path):
+    config = current_config(tmp_path, kubernetes={"service_range": "10.96.0.0/12", "dns_ip": "10.96.0.53"})
+    done = run_inv(tmp_path, "render", config=config)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "invalid configuration: kubernetes.dns_ip = '10.96.0.53': expected 10.96.0.10: kubeadm gives CoreDNS "
+        "the tenth address of the service range"
+    )
+    assert not (tmp_path / "out").exists()
