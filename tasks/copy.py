@@ -257,7 +257,7 @@ def plan(project: Project) -> dict[str, list[Item]]:
         if node.is_master:
             items += manifests
         items = home_folders(items) + items
-        items.append(Item(cluster.user_data_path, 0o644, out / render.user_data_name(node.name)))
+        items.append(Item(cluster.user_data_path, project.stack.user_data_mode, out / render.user_data_name(node.name)))
         result[node.name] = items
     return result
 

@@ -42,6 +42,8 @@ class Stack:
     steps: tuple = ()
     # The nodes run Docker: `vagrant up` pre-pulls vm.images, the pause and calico/node images with it.
     docker: bool = False
+    # The mode of each node's configuration at cluster.user_data_path (0600: it holds a bootstrap token).
+    user_data_mode: int = 0o644
     # Empty folders `inv copy` makes on every node (root's, 0755).
     folders: tuple = ()
     # Rendered files `inv copy` sends besides the node's configuration, each a mapping of source
@@ -102,6 +104,7 @@ def load(name: str) -> Stack:
         files=tuple(data.get("files") or ()),
         folders=tuple(data.get("folders") or ()),
         docker=bool(data.get("docker")),
+        user_data_mode=int(data.get("user_data_mode", "0644"), 8),
         mirror_dest=data.get("mirror_dest", ""),
         apply=bool(data.get("apply")),
         checks=data.get("checks") or {},

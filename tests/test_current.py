@@ -210,6 +210,7 @@ def test_copy_sends_each_role_its_files_and_the_kubeadm_configuration_last(tmp_p
     worker = {i.target: i for i in wanted["calico-02"]}
     for targets in (master, worker):
         assert list(targets)[-1] == "/etc/kubernetes/kubeadm.yaml"
+        assert targets["/etc/kubernetes/kubeadm.yaml"].mode == 0o600  # it holds the bootstrap token
         for common in (
             "/opt/bin/kubeadm",
             "/opt/bin/kubelet",

@@ -154,3 +154,14 @@ def test_a_failed_kubeadm_init_fails_copy_and_the_next_copy_resets_and_succeeds(
         "activate: this node joined the cluster with another /etc/kubernetes/kubeadm.yaml: kubeadm cannot apply "
         "a new one in place; set the settings back, or rebuild the cluster" in changed.stderr
     ), changed.stderr
+
+
+def test_the_kubeadm_configuration_with_its_token_is_root_s_alone_on_every_node(ssh_nodes, tmp_path):
+    config = current_config(ssh_nodes, tmp_path)
+    prepare(config)
+    ssh_nodes.reset()
+    ready_nodes(ssh_nodes, config)
+    assert run_inv(tmp_path, "copy", config=config).returncode == 0
+    for name in ssh_nodes.names:
+        info = ssh_nodes.path(name, "/etc/kubernetes/kubeadm.yaml").stat()
+        assert (info.st_mode & 0o777, info.st_uid) == (0o600, 0)
