@@ -97,7 +97,7 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
-def profile(work: Path, name: str, runs: int, against: Path | None = None) -> dict:
+def profile(work: Path, name: str, runs: int, against: Path | None = None, connections: int = 0) -> dict:
     rate, latency, scale = PROFILES[name]
     files = generate(work / "served", scale=scale)
     total = sum(p.stat().st_size for p in files.values())
@@ -110,6 +110,8 @@ def profile(work: Path, name: str, runs: int, against: Path | None = None) -> di
         config = make_config(
             work, download={"mirrors": mirrors, "artifacts": entries, "lock_file": str(lock), "allow_http": True}
         )
+        if connections:
+            config["download"]["connections"] = connections
         urls = []
         for art in artifacts(config):
             path = url_path(art.url)
@@ -120,6 +122,16 @@ def profile(work: Path, name: str, runs: int, against: Path | None = None) -> di
             urls.append(art.url)
         config_file = work / "config.yaml"
         config_file.write_text(yaml.safe_dump(config))
+        against_file = work / "config-against.yaml"  # without the keys the other checkout does not know yet
+        if against:
+            known = yaml.safe_load((against / "invoke.yaml").read_text())
+            older = {
+                section: {k: v for k, v in values.items() if k in known.get(section, {})}
+                if isinstance(values, dict)
+                else values
+                for section, values in config.items()
+            }
+            against_file.write_text(yaml.safe_dump(older))
         (work / "urls.txt").write_text("".join(u + "\n" for u in urls))
         downloads = work / "downloads"
         aria_folder = work / "aria2"
@@ -133,7 +145,7 @@ def profile(work: Path, name: str, runs: int, against: Path | None = None) -> di
             lock.unlink(missing_ok=True)
             os.sync()  # the previous run's writes are not flushed during this one
             before = len(server.log)
-            result = inv(config_file, "--trust-first-use", root=root)
+            result = inv(against_file if root != ROOT else config_file, "--trust-first-use", root=root)
             requests.append(len(server.log) - before)
             return result
 
@@ -155,7 +167,7 @@ def profile(work: Path, name: str, runs: int, against: Path | None = None) -> di
         for _ in range(runs):
             rerun.append(inv(config_file)[0])
             if against:
-                rerun_against.append(inv(config_file, root=against)[0])
+                rerun_against.append(inv(against_file, root=against)[0])
         rerun_requests = len(server.log) - before
         floor = [run_child([sys.executable, "-m", "invoke", "--list"], cwd=ROOT)[0] for _ in range(3)]
         started = time.monotonic()
@@ -260,6 +272,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="paired runs per profile (default 5)")
     parser.add_argument("--profile", action="append", choices=sorted(PROFILES), help="default: both")
     parser.add_argument("--against", type=Path, help="another checkout of this project to measure in the same runs")
+    parser.add_argument("--connections", type=int, default=0, help="download.connections (default: invoke.yaml's)")
     args = parser.parse_args()
     if not shutil.which("aria2c"):
         sys.exit("aria2c is not installed (Debian/Ubuntu: apt-get install aria2)")
@@ -271,7 +284,7 @@ def main() -> None:
     for name in args.profile or list(PROFILES):
         work = Path(tempfile.mkdtemp(prefix="bench-download-"))
         try:
-            report(profile(work, name, args.runs, against), args.runs)
+            report(profile(work, name, args.runs, against, args.connections), args.runs)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(f"  load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
