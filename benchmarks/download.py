@@ -146,7 +146,8 @@ def profile(work: Path, name: str, runs: int, against: Path | None = None, conne
             os.sync()  # the previous run's writes are not flushed during this one
             before = len(server.log)
             result = inv(against_file if root != ROOT else config_file, "--trust-first-use", root=root)
-            requests.append(len(server.log) - before)
+            if root == ROOT:
+                requests.append(len(server.log) - before)
             return result
 
         def cold_against() -> tuple[float, int, float]:
