@@ -15,10 +15,15 @@ For each profile, paired runs (the order alternates), each from nothing:
   1. `aria2c -j10 -x8 -s8 -k2M` on the same URLs (what an experienced user runs instead);
   2. `inv download --trust-first-use`, cold (a real process: Python's start included), and its peak memory;
 then `inv download` again with everything in place (must make no request).
+With `--against DIR` (another checkout of this project, e.g. `git worktree add /tmp/base main`), that checkout's
+`inv download` runs in the same paired runs too, cold and re-run: a before/after measured in the same conditions.
+Each command's CPU time (user + system, its children included) is shown beside its wall time. Both checkouts'
+modules are compiled to bytecode first, as an installed project runs (PYTHONDONTWRITEBYTECODE would otherwise
+have every run compile them again).
 
 Goals: cold <= 1.0 x aria2c in both profiles; re-run <= 0.3 s with 0 requests; peak memory <= 100 MB.
 Needs aria2c (Debian/Ubuntu: apt-get install aria2).
-Run: python benchmarks/download.py [--runs 5] [--profile lan --profile throttled]
+Run: python benchmarks/download.py [--runs 5] [--profile lan --profile throttled] [--against DIR]
 """
 
 from __future__ import annotations
@@ -67,23 +72,24 @@ def digest(path: Path, algo: str) -> str:
 LAUNCHER = """import os, sys
 pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], os.environ)
 _, status, usage = os.wait4(pid, 0)
-print(usage.ru_maxrss * 1024, file=sys.stderr)
+print(usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, file=sys.stderr)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_child(command: list[str], **kwargs) -> tuple[float, int]:
-    """(wall seconds, peak resident memory in bytes) of a command; exits when it fails."""
+def run_child(command: list[str], **kwargs) -> tuple[float, int, float]:
+    """(wall seconds, peak resident memory in bytes, CPU seconds) of a command; exits when it fails."""
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *command], capture_output=True, **kwargs)
     seconds = time.monotonic() - started
     if done.returncode:
         sys.exit(f"{' '.join(command[:5])} ... failed ({done.returncode}):\n{(done.stdout + done.stderr).decode()}")
-    return seconds, int(done.stderr.decode().split()[-1])
+    cpu, rss = done.stderr.decode().split()[-2:]
+    return seconds, int(rss), float(cpu)
 
 
-def inv(config_file: Path, *args: str) -> tuple[float, int]:
-    return run_child([sys.executable, "-m", "invoke", "-f", str(config_file), "download", *args], cwd=ROOT)
+def inv(config_file: Path, *args: str, root: Path = ROOT) -> tuple[float, int, float]:
+    return run_child([sys.executable, "-m", "invoke", "-f", str(config_file), "download", *args], cwd=root)
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -91,7 +97,7 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
-def profile(work: Path, name: str, runs: int) -> dict:
+def profile(work: Path, name: str, runs: int, against: Path | None = None, connections: int = 0) -> dict:
     rate, latency, scale = PROFILES[name]
     files = generate(work / "served", scale=scale)
     total = sum(p.stat().st_size for p in files.values())
@@ -104,6 +110,8 @@ def profile(work: Path, name: str, runs: int) -> dict:
         config = make_config(
             work, download={"mirrors": mirrors, "artifacts": entries, "lock_file": str(lock), "allow_http": True}
         )
+        if connections:
+            config["download"]["connections"] = connections
         urls = []
         for art in artifacts(config):
             path = url_path(art.url)
@@ -114,34 +122,53 @@ def profile(work: Path, name: str, runs: int) -> dict:
             urls.append(art.url)
         config_file = work / "config.yaml"
         config_file.write_text(yaml.safe_dump(config))
+        against_file = work / "config-against.yaml"  # without the keys the other checkout does not know yet
+        if against:
+            known = yaml.safe_load((against / "invoke.yaml").read_text())
+            older = {
+                section: {k: v for k, v in values.items() if k in known.get(section, {})}
+                if isinstance(values, dict)
+                else values
+                for section, values in config.items()
+            }
+            against_file.write_text(yaml.safe_dump(older))
         (work / "urls.txt").write_text("".join(u + "\n" for u in urls))
         downloads = work / "downloads"
         aria_folder = work / "aria2"
 
-        def aria2() -> tuple[float, int]:
+        def aria2() -> tuple[float, int, float]:
             shutil.rmtree(aria_folder, ignore_errors=True)
             return run_child([*ARIA2, "-q", "-d", str(aria_folder), "-i", str(work / "urls.txt")])
 
-        def cold() -> tuple[float, int]:
+        def cold(root: Path = ROOT) -> tuple[float, int, float]:
             shutil.rmtree(downloads, ignore_errors=True)
             lock.unlink(missing_ok=True)
             os.sync()  # the previous run's writes are not flushed during this one
             before = len(server.log)
-            result = inv(config_file, "--trust-first-use")
-            requests.append(len(server.log) - before)
+            result = inv(against_file if root != ROOT else config_file, "--trust-first-use", root=root)
+            if root == ROOT:
+                requests.append(len(server.log) - before)
             return result
 
+        def cold_against() -> tuple[float, int, float]:
+            assert against is not None
+            return cold(against)
+
         requests: list[int] = []
-        aria, ours = [], []
-        for n in range(runs):
-            pair = (aria2, cold) if n % 2 == 0 else (cold, aria2)
-            results = {step: step() for step in pair}
-            aria.append(results[aria2])
-            ours.append(results[cold])
+        steps = [aria2, cold] + ([cold_against] if against else [])
+        results: dict = {step: [] for step in steps}
+        for n in range(runs):  # each contender first, second, ... in turn
+            for step in steps[n % len(steps) :] + steps[: n % len(steps)]:
+                results[step].append(step())
+        aria, ours, theirs = results[aria2], results[cold], results.get(cold_against, [])
         for name_, path in files.items():
             assert digest(downloads / name_, "sha256") == digest(path, "sha256"), name_
         before = len(server.log)
-        rerun = [inv(config_file)[0] for _ in range(runs)]
+        rerun, rerun_against = [], []
+        for _ in range(runs):
+            rerun.append(inv(config_file)[0])
+            if against:
+                rerun_against.append(inv(against_file, root=against)[0])
         rerun_requests = len(server.log) - before
         floor = [run_child([sys.executable, "-m", "invoke", "--list"], cwd=ROOT)[0] for _ in range(3)]
         started = time.monotonic()
@@ -158,6 +185,17 @@ def profile(work: Path, name: str, runs: int) -> dict:
         "ratios": [o[0] / a[0] for o, a in zip(ours, aria, strict=True)],
         "aria": [a[0] for a in aria],
         "ours": [o[0] for o in ours],
+        "aria_cpu": [a[2] for a in aria],
+        "cpu": [o[2] for o in ours],
+        "against": {
+            "ratios": [t[0] / a[0] for t, a in zip(theirs, aria, strict=True)],
+            "cold": [t[0] for t in theirs],
+            "cpu": [t[2] for t in theirs],
+            "rss": [t[1] for t in theirs],
+            "rerun": rerun_against,
+        }
+        if against
+        else None,
         "aria_rss": [a[1] for a in aria],
         "rss": [o[1] for o in ours],
         "requests": requests,
@@ -191,8 +229,14 @@ def report(r: dict, runs: int) -> None:
         f"{r['latency'] * 1000:g} ms first-byte latency; {runs} paired runs (min / median / max)"
     )
     aria_mb = [v / 1e6 for v in r["aria_rss"]]
-    print(f"  aria2c -j10 -x8 -s8 -k2M        {spread(r['aria'])} s   (peak memory {spread(aria_mb, '{:.0f}')} MB)")
-    print(f"  inv download, cold              {spread(r['ours'])} s   ({spread(r['requests'], '{:.0f}')} requests)")
+    print(
+        f"  aria2c -j10 -x8 -s8 -k2M        {spread(r['aria'])} s   (peak memory {spread(aria_mb, '{:.0f}')} MB; "
+        f"CPU {spread(r['aria_cpu'])} s)"
+    )
+    print(
+        f"  inv download, cold              {spread(r['ours'])} s   ({spread(r['requests'], '{:.0f}')} requests; "
+        f"CPU {spread(r['cpu'])} s)"
+    )
     ratio = statistics.median(r["ratios"])
     print(
         f"  ratio inv / aria2c              {spread(r['ratios'])}     "
@@ -209,6 +253,13 @@ def report(r: dict, runs: int) -> None:
         f"(goal <= 0.3 s, 0 requests: {'met' if met else 'MISSED'})"
     )
     print(f"    of which Python + Invoke start {r['floor']:.2f} s  (`inv --list`, best of 3)")
+    if r["against"]:
+        a = r["against"]
+        print("  --against checkout, same runs:")
+        print(f"    inv download, cold            {spread(a['cold'])} s   (CPU {spread(a['cpu'])} s)")
+        print(f"    ratio inv / aria2c            {spread(a['ratios'])}")
+        print(f"    peak memory                   {spread([v / 1e6 for v in a['rss']], '{:.0f}')} MB")
+        print(f"    inv download, re-run          {spread(a['rerun'])} s")
     print(f"    fetch_all in process           {r['in_process']:.3f} s")
     once, every = r["hashing"]
     print(
@@ -221,16 +272,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="paired runs per profile (default 5)")
     parser.add_argument("--profile", action="append", choices=sorted(PROFILES), help="default: both")
+    parser.add_argument("--against", type=Path, help="another checkout of this project to measure in the same runs")
+    parser.add_argument("--connections", type=int, default=0, help="download.connections (default: invoke.yaml's)")
     args = parser.parse_args()
     if not shutil.which("aria2c"):
         sys.exit("aria2c is not installed (Debian/Ubuntu: apt-get install aria2)")
+    against = args.against.resolve() if args.against else None
+    for root in filter(None, (ROOT, against)):  # bytecode, as an installed project has it
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "tasks", "tasks.py"], cwd=root, check=True)
     print(f"{os.cpu_count()} CPUs; download.connections = {make_config(Path('.'))['download']['connections']}")
+    print(f"load average at the start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for name in args.profile or list(PROFILES):
         work = Path(tempfile.mkdtemp(prefix="bench-download-"))
         try:
-            report(profile(work, name, args.runs), args.runs)
+            report(profile(work, name, args.runs, against, args.connections), args.runs)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        print(f"  load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

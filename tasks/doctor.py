@@ -241,39 +241,11 @@ def host_row(host: str, answer: Answer, pending: list[str], mirror: bool) -> Row
 
 
 def cause(error: BaseException, timeout: float) -> str:
-    """The class of a failed request, in words: DNS, refused, no route, timeout, TLS, proxy."""
-    import requests
+    """The class of a failed request, in words: DNS, refused, no route, timeout, TLS, proxy (as `inv download`
+    says it)."""
+    from tasks.download import cause as classified
 
-    text = str(error)
-    if isinstance(error, requests.exceptions.ProxyError):
-        return f"the proxy does not answer ({_errno(text)})"
-    if isinstance(error, requests.exceptions.SSLError):
-        return f"TLS failed: {_errno(text)}"
-    if isinstance(error, requests.exceptions.ConnectTimeout):
-        return f"no answer within {timeout:g} s (a firewall dropping packets?)"
-    if isinstance(error, requests.exceptions.Timeout):
-        return f"connected, but no answer within {timeout:g} s"
-    for words, meaning in (
-        (
-            (
-                "Name or service not known",
-                "Temporary failure in name resolution",
-                "nodename nor servname",
-                "getaddrinfo",
-            ),
-            "DNS: the name does not resolve",
-        ),
-        (("Connection refused",), "connection refused"),
-        (("Network is unreachable", "No route to host"), "no route to the host"),
-    ):
-        if any(word in text for word in words):
-            return meaning
-    return _errno(text)
-
-
-def _errno(text: str) -> str:
-    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    return found.group(1).strip() if found else text.splitlines()[0][:160] if text else "failed"
+    return classified(error, timeout, timeout)[1]
 
 
 def ssh_row(name: str, where: str, state: str, found: str, todo: str = "") -> Row:

@@ -309,19 +309,101 @@ class Refused(Failed):
     """Final, and the bytes fetched so far are not kept: nothing may vouch for them, or they are not the file."""
 
 
-def _classify(err, timeout: int) -> Exception:
-    """A requests or urllib3 exception as a one-line Transient or Failed."""
+# Why a request got no answer from its host at all: the way to the host is the problem, not the file. Such a cause
+# is said once for every artifact it stopped, with what to do (`offline`), not once per artifact.
+DNS, REFUSED, NO_ROUTE, NO_ANSWER, TLS, PROXY = "DNS", "refused", "no route", "timeout", "TLS", "proxy"
+TO_DO = {  # what to do, by cause; the others: a mirror or a proxy
+    PROXY: "check the proxy that HTTPS_PROXY (or HTTP_PROXY) names, or unset it and use download.mirrors",
+    TLS: "check the clock, and any proxy that inspects TLS (give its CA with REQUESTS_CA_BUNDLE); "
+    "or map the host to a mirror in download.mirrors, or set a proxy with HTTPS_PROXY",
+}
+TO_DO_ELSE = "map the host to a mirror you can reach in download.mirrors, or set a proxy with HTTPS_PROXY"
+
+
+def cause(error: BaseException, connect_timeout: float, timeout: float) -> tuple[str, str]:
+    """(kind, words) of a failed request: kind DNS, REFUSED, NO_ROUTE, NO_ANSWER (connect timeout), TLS or PROXY
+    when the host gave no answer at all; "" when it did (a read timeout, a body cut short) or when unknown."""
+    import requests
+
+    text = str(error)
+    if isinstance(error, requests.exceptions.ProxyError):
+        return PROXY, f"the proxy does not answer ({_errno(text)})"
+    if isinstance(error, requests.exceptions.SSLError):
+        return TLS, f"TLS failed: {_errno(text)}"
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return NO_ANSWER, f"no answer within {connect_timeout:g} s (a firewall dropping packets?)"
+    if isinstance(error, requests.exceptions.Timeout):
+        return "", f"connected, but no answer within {timeout:g} s"
+    for words, kind, meaning in (
+        (
+            (
+                "Name or service not known",
+                "Temporary failure in name resolution",
+                "No address associated with hostname",
+                "nodename nor servname",
+                "getaddrinfo",
+                "Failed to resolve",
+            ),
+            DNS,
+            "DNS: the name does not resolve",
+        ),
+        (("Connection refused",), REFUSED, "connection refused"),
+        (("Network is unreachable", "No route to host"), NO_ROUTE, "no route to the host"),
+    ):
+        if any(word in text for word in words):
+            return kind, meaning
+    return "", _errno(text)
+
+
+def _errno(text: str) -> str:
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    return found.group(1).strip() if found else text.splitlines()[0][:160] if text else "failed"
+
+
+class Unreachable(Transient):
+    """No answer from the host (`cause`): tried again, until the host is given up (`HostDown`)."""
+
+    def __init__(self, kind: str, host: str, words: str):
+        super().__init__(words)
+        self.kind, self.host, self.words = kind, host, words
+
+
+class HostDown(Failed):
+    """Final: the host gave no answer, to this request's tries or to download.retries requests in a row."""
+
+    def __init__(self, kind: str, host: str, words: str, note: str = ""):
+        super().__init__(words + note)
+        self.kind, self.host, self.words = kind, host, words
+
+
+def offline(down: dict[str, HostDown]) -> str:
+    """One line for the artifacts (name -> why) whose host gave no answer: each cause with its hosts, what to do."""
+    hosts: dict[tuple[str, str], list[str]] = {}
+    for err in down.values():
+        found = hosts.setdefault((err.kind, err.words), [])
+        if err.host not in found:
+            found.append(err.host)
+    causes = "; ".join(f"{words} ({', '.join(sorted(names))})" for (_, words), names in hosts.items())
+    kinds = {kind for kind, _ in hosts}
+    todo = TO_DO[kinds.pop()] if len(kinds) == 1 and kinds & TO_DO.keys() else TO_DO_ELSE
+    return f"{len(down)} got no answer from their host: {causes}; {todo}; then `inv download --check`"
+
+
+def _classify(err, connect_timeout: float, timeout: int, host: str = "") -> Exception:
+    """A requests or urllib3 exception as a one-line Transient (Unreachable when the host gave no answer) or Failed."""
     import requests
     from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-    if isinstance(err, (requests.Timeout, ReadTimeoutError)) or (
-        err.args and isinstance(err.args[0], ReadTimeoutError)
-    ):
+    if isinstance(err, ReadTimeoutError) or (err.args and isinstance(err.args[0], ReadTimeoutError)):
+        return Transient(f"timed out: no data for {timeout} s")
+    if isinstance(err, requests.Timeout) and not isinstance(err, requests.exceptions.ConnectTimeout):
         return Transient(f"timed out: no data for {timeout} s")
     if isinstance(err, (requests.exceptions.ChunkedEncodingError, ProtocolError)):
         return Transient("connection broken in the middle of the body")
-    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(err))
-    reason = errno.group(1).strip() if errno else str(err).splitlines()[0][:200]
+    kind, reason = cause(err, connect_timeout, timeout)
+    if kind:
+        request = getattr(err, "request", None)
+        return Unreachable(kind, urlsplit(request.url).netloc if request is not None else host, reason)
     if isinstance(err, requests.ConnectionError):
         return Transient(f"connection failed: {reason}")
     return Failed(f"{type(err).__name__}: {reason}")
@@ -332,6 +414,7 @@ class Outcome:
     downloaded: list = field(default_factory=list)  # (Artifact, size, seconds)
     present: list = field(default_factory=list)  # Artifact
     failed: list = field(default_factory=list)  # (Artifact, reason)
+    unreachable: dict = field(default_factory=dict)  # name -> HostDown, for those failed because no host answered
     lock: Path = Path(".")
     lock_changed: bool = False
 
@@ -356,6 +439,12 @@ class Quiet:
 
     def failed(self, art: Artifact, reason: str) -> None:
         pass
+
+    def retrying(self, art: Artifact, reason: str, tried: int, tries: int) -> None:
+        """A try of `art` failed for `reason`; the next one starts after a pause."""
+
+    def unreachable(self, art: Artifact, reason: str) -> None:
+        """`art` failed because its host gave no answer: said once for all such artifacts, at the end."""
 
 
 class Lines(Quiet):
@@ -391,7 +480,7 @@ class Bars(Lines):
         with self.lock:
             if art.name not in self.rows:
                 self.rows[art.name] = self.progress.add_task(art.name, total=total)
-            self.progress.update(self.rows[art.name], total=total, completed=done)
+            self.progress.update(self.rows[art.name], total=total, completed=done, description=art.name)
             self.sizes[art.name] = total or 0
             self.progress.update(
                 self.total,
@@ -405,6 +494,18 @@ class Bars(Lines):
 
     def finished(self, art, size, seconds):
         pass  # the bar says it
+
+    def _state(self, art, state: str) -> None:
+        with self.lock:
+            if art.name not in self.rows:
+                self.rows[art.name] = self.progress.add_task(art.name, total=None)
+            self.progress.update(self.rows[art.name], description=f"{art.name} ({state})")
+
+    def retrying(self, art, reason, tried, tries):
+        self._state(art, f"{reason}; try {tried + 1} of {tries} soon")
+
+    def unreachable(self, art, reason):
+        self._state(art, f"failed: {reason}")
 
 
 @dataclass
@@ -603,8 +704,14 @@ class Fetcher:
         backoff: float = BACKOFF,
         allow_http: bool = False,
         connections: int = 1,
+        connect_timeout: float = 5,
     ):
         self.timeout, self.tries, self.parallel, self.report, self.backoff = (timeout, tries, parallel, report, backoff)
+        self.connect_timeout = connect_timeout
+        # Hosts that gave no answer: requests in a row without one, and those given up for this run (download.retries
+        # such requests, whichever artifacts they were for: one cause, found in seconds, said once).
+        self._misses: dict[str, int] = {}
+        self._down: dict[str, HostDown] = {}
         self.allow_http = allow_http
         # Bodies' connections at once; each file being downloaded holds one (digest look-ups are apart).
         self.connections = max(connections, parallel)
@@ -658,17 +765,42 @@ class Fetcher:
         return response
 
     def request(self, url: str, method: str = "GET", headers: dict | None = None):
-        """A streamed response, redirects followed; HTTP 5xx (but 501) raises Transient."""
-        response = self.session().request(
-            method, url, headers=headers, stream=True, allow_redirects=True, timeout=(self.timeout, self.timeout)
-        )
+        """A streamed response, redirects followed; HTTP 5xx (but 501) raises Transient, no answer Unreachable, and a
+        host given up HostDown at once."""
+        import requests
+
+        host = urlsplit(url).netloc
+        with self._guard:
+            down = self._down.get(host)
+        if down is not None:
+            raise HostDown(down.kind, down.host, down.words)
+        try:
+            response = self.session().request(
+                method,
+                url,
+                headers=headers,
+                stream=True,
+                allow_redirects=True,
+                timeout=(self.connect_timeout, self.timeout),
+            )
+        except requests.RequestException as err:
+            problem = _classify(err, self.connect_timeout, self.timeout, host)
+            if isinstance(problem, Unreachable):
+                with self._guard:
+                    self._misses[problem.host] = self._misses.get(problem.host, 0) + 1
+                    if self._misses[problem.host] >= self.tries:
+                        self._down.setdefault(problem.host, HostDown(problem.kind, problem.host, problem.words))
+            raise problem from None
+        with self._guard:
+            self._misses.pop(urlsplit(response.url).netloc, None)  # it answers
         if response.status_code >= 500 and response.status_code != 501:  # 501: method not implemented, for good
             response.close()
             raise Transient(f"HTTP {response.status_code} {response.reason}")
         return response
 
-    def attempts(self, step, *args):
-        """`step(*args)`, tried again after a Transient problem, up to download.retries tries."""
+    def attempts(self, step, *args, art: Artifact | None = None):
+        """`step(*args)`, tried again after a Transient problem, up to download.retries tries; `art`: the artifact
+        whose progress shows the tries."""
         import requests
         import urllib3
 
@@ -676,13 +808,18 @@ class Fetcher:
             try:
                 return step(*args)
             except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
-                problem = _classify(err, self.timeout)
+                problem = _classify(err, self.connect_timeout, self.timeout)
             except Transient as err:
                 problem = err
             if isinstance(problem, Failed):
                 raise problem
             if n >= self.tries or self.stop.is_set():
-                raise Failed(f"{problem} (tried {n} times)" if n > 1 else str(problem))
+                note = f" (tried {n} times)" if n > 1 else ""
+                if isinstance(problem, Unreachable):
+                    raise HostDown(problem.kind, problem.host, problem.words, note)
+                raise Failed(f"{problem}{note}")
+            if art is not None:
+                self.report.retrying(art, str(problem), n, self.tries)
             time.sleep(min(self.backoff * 2 ** (n - 1), MAX_BACKOFF))
 
     def run(self, step, items):
@@ -811,7 +948,7 @@ class Fetcher:
         try:
             if self.stop.is_set():
                 raise Failed("interrupted")
-            body, piece, response, whole = self.attempts(self._open, job, part)
+            body, piece, response, whole = self.attempts(self._open, job, part, art=job.art)
 
             def vouched() -> None:
                 """Refuse at once, without reading on, when the look-up ended with nothing to vouch."""
@@ -915,7 +1052,7 @@ class Fetcher:
 
         error = None
         try:
-            self.attempts(once)
+            self.attempts(once, art=body.art)
         except Failed as err:
             error = err
         except Exception as err:  # disk full, permissions: this artifact fails, the others go on
@@ -1054,7 +1191,14 @@ def fetch_all(
             with (
                 report,
                 Fetcher(
-                    dl.timeout, dl.retries, parallel or dl.parallel, report, backoff, dl.allow_http, dl.connections
+                    dl.timeout,
+                    dl.retries,
+                    parallel or dl.parallel,
+                    report,
+                    backoff,
+                    dl.allow_http,
+                    dl.connections,
+                    dl.connect_timeout,
                 ) as fetcher,
             ):
                 for job in jobs:  # digest files first: a file nothing vouches for is refused before much of it comes
@@ -1064,7 +1208,11 @@ def fetch_all(
                     art = job.art
                     if isinstance(result, Failed):
                         outcome.failed.append((art, str(result)))
-                        report.failed(art, str(result))
+                        if isinstance(result, HostDown):
+                            outcome.unreachable[art.name] = result
+                            report.unreachable(art, str(result))
+                        else:
+                            report.failed(art, str(result))
                         continue
                     entry, seconds, stamp = result
                     found[art.name] = entry
@@ -1089,7 +1237,9 @@ def check_all(project: Project, *, only=(), parallel: int = 0) -> list[tuple[Art
     chosen = select(list(project.download.artifacts), only)
     dl = project.download
     lock = read_lock(dl.lock_file)
-    with Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, Quiet(), allow_http=dl.allow_http) as fetcher:
+    fetcher = Fetcher(dl.timeout, dl.retries, parallel or dl.parallel, Quiet(), allow_http=dl.allow_http)
+    fetcher.connect_timeout = dl.connect_timeout
+    with fetcher:
         found = dict(fetcher.run(fetcher.probe, chosen))
     rows = []
     for art in chosen:
@@ -1145,7 +1295,7 @@ def download(c, check=False, update_lock=False, trust_first_use=False, parallel=
             update_lock=update_lock,
             trust_first_use=trust_first_use,
             parallel=parallel,
-            progress=lambda: Bars() if ui.console().is_terminal else Lines(),
+            progress=lambda: Bars() if ui.on_terminal() else Lines(),
         )
     lock_note = f"{outcome.lock.name} updated" if outcome.lock_changed else f"{outcome.lock.name} unchanged"
     ui.say(
@@ -1153,9 +1303,12 @@ def download(c, check=False, update_lock=False, trust_first_use=False, parallel=
         f"in {project.downloads_dir}; {lock_note}."
     )
     if outcome.failed:
-        names = ", ".join(art.name for art, _ in outcome.failed)
         total = len(outcome.failed) + len(outcome.downloaded) + len(outcome.present)
-        raise StepError(f"download failed for {len(outcome.failed)} of {total} artifact(s): {names}")
+        # Those whose host gave no answer are said once, by cause, with what to do; the others were named above.
+        others = [art.name for art, _ in outcome.failed if art.name not in outcome.unreachable]
+        parts = [", ".join(others)] if others else []
+        parts += [offline(outcome.unreachable)] if outcome.unreachable else []
+        raise StepError(f"download failed for {len(outcome.failed)} of {total} artifact(s): {'; '.join(parts)}")
 
 
 def _report_check(rows) -> None:

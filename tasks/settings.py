@@ -67,6 +67,7 @@ SCHEMA: dict[str, dict[str, type]] = {
         "parallel": int,
         "connections": int,
         "timeout": int,
+        "connect_timeout": int,
         "retries": int,
         "lock_file": str,
         "mirrors": dict,
@@ -215,6 +216,7 @@ class Downloads:
     artifacts: tuple[Artifact, ...] = ()
     allow_http: bool = False  # plain http:// URLs and redirects to them accepted
     connections: int = 8  # HTTP connections at once for the bodies, over all files (a large file gets several)
+    connect_timeout: int = 5  # seconds for a connection to be made (a firewall that drops packets: no answer at all)
 
 
 @dataclass(frozen=True)
@@ -393,6 +395,16 @@ def _apart(services, pool, network, nodes: list[Node]) -> None:
                 )
 
 
+def _known_zone(name: str) -> bool:
+    """Whether the host's time-zone database has `name`; any name where it has none. One look-up, not the listing
+    of the whole database (50 ms: most of a re-run's time) unless the name is not found."""
+    try:
+        zoneinfo.ZoneInfo(name)
+        return True
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return not zoneinfo.available_timezones()  # empty where the host has no time-zone database
+
+
 def _cluster(config: dict, docker: bool = True) -> Cluster:
     from tasks import providers
 
@@ -425,8 +437,7 @@ def _cluster(config: dict, docker: bool = True) -> Cluster:
     _apart(services, pool, network if provider.owns_network else None, nodes)
     positive("vm.memory", vm["memory"])
     positive("vm.cpus", vm["cpus"])
-    zones = zoneinfo.available_timezones()  # empty where the host has no time-zone database
-    if not ZONE.fullmatch(vm["timezone"]) or (zones and vm["timezone"] not in zones):
+    if not ZONE.fullmatch(vm["timezone"]) or not _known_zone(vm["timezone"]):
         raise ConfigError("vm.timezone", vm["timezone"], "a time zone name like Asia/Shanghai")
     for i, image in enumerate(vm["images"] or []):
         _image(f"vm.images[{i}]", image)
@@ -530,7 +541,7 @@ def _roles(key: str, value, stack: Stack) -> tuple[str, ...]:
 
 def _downloads(config: dict, folder: Path, stack: Stack) -> Downloads:
     dl = config["download"]
-    for key in ("parallel", "connections", "timeout", "retries"):
+    for key in ("parallel", "connections", "timeout", "connect_timeout", "retries"):
         positive(f"download.{key}", dl[key])
     if not dl["lock_file"]:
         raise ConfigError("download.lock_file", dl["lock_file"], "a file path like downloads.lock")
@@ -579,6 +590,7 @@ def _downloads(config: dict, folder: Path, stack: Stack) -> Downloads:
         artifacts=tuple(found),
         allow_http=dl["allow_http"],
         connections=dl["connections"],
+        connect_timeout=dl["connect_timeout"],
     )
 
 
@@ -663,9 +675,9 @@ def build(config, invoke_config=None) -> Project:
 @functools.cache
 def _invoke_yaml() -> dict:
     """The project's invoke.yaml as shipped, read once per run (stacks.apply copies it before changing it)."""
-    import yaml
+    from tasks import yamltext
 
-    return yaml.safe_load((ROOT / "invoke.yaml").read_text())
+    return yamltext.load((ROOT / "invoke.yaml").read_text())
 
 
 def _ignored(values: dict, stack: Stack, provider: str) -> tuple[str, ...]:

@@ -78,9 +78,9 @@ def names() -> list[str]:
 @functools.cache
 def _data(name: str) -> dict:
     """A stack file, read once per run: every task and test builds a Project from it."""
-    import yaml
+    from tasks import yamltext
 
-    return yaml.safe_load((FOLDER / f"{name}.yaml").read_text())
+    return yamltext.load((FOLDER / f"{name}.yaml").read_text())
 
 
 def load(name: str) -> Stack:

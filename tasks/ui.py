@@ -16,6 +16,16 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True, color_system=None if plain else "auto")
 
 
+def on_terminal() -> bool:
+    """Whether the console() writes to a terminal, without importing rich (60 ms) when stdout is plainly not one:
+    not a tty and none of the variables that make rich say it is (TTY_COMPATIBLE, FORCE_COLOR)."""
+    import os
+
+    if not sys.stdout.isatty() and not {"TTY_COMPATIBLE", "FORCE_COLOR"} & set(os.environ):
+        return False
+    return console().is_terminal
+
+
 def table(title: str, columns, rows) -> None:
     try:
         out = console()

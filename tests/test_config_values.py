@@ -200,6 +200,7 @@ CASES = [
     case({"download": {"connections": 0}}, "download.connections", 0, "a whole number of at least 1"),
     case({"download": {"connections": "8"}}, "download.connections", "8", "a whole number"),
     case({"download": {"timeout": 0}}, "download.timeout", 0, "a whole number of at least 1"),
+    case({"download": {"connect_timeout": 0}}, "download.connect_timeout", 0, "a whole number of at least 1"),
     case({"download": {"retries": 0}}, "download.retries", 0, "a whole number of at least 1"),
     case({"download": {"lock_file": ""}}, "download.lock_file", "", "a file path"),
     case({"download": {"lock_file": 5}}, "download.lock_file", 5, "a string"),

@@ -719,7 +719,8 @@ def test_a_closed_port_is_a_connection_failure(tmp_path, server):
     config = mirrored(tmp_path, server, retries=1, artifacts=ARTIFACTS[:1])
     server.__exit__()
     outcome = fetch(config)
-    assert failures(outcome) == {"kubectl": "connection failed: Connection refused"}
+    assert failures(outcome) == {"kubectl": "connection refused"}
+    assert outcome.unreachable["kubectl"].kind == download.REFUSED
 
 
 def test_check_reports_status_and_size_without_downloading(tmp_path, server):
