@@ -48,23 +48,31 @@ def busy_seconds() -> float:
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def inv_copy(config_file: Path) -> tuple[float, float]:
-    """(wall seconds, machine CPU seconds) of one `inv copy`."""
+def client_seconds() -> float:
+    """CPU time of this benchmark's finished children: the `inv` process, or the rsync and ssh clients."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def inv_copy(config_file: Path) -> tuple[float, float, float]:
+    """(wall seconds, machine CPU seconds, client CPU seconds) of one `inv copy`."""
     os.sync()  # the previous step's writes are flushed now, not during this measurement
-    started, cpu = time.perf_counter(), busy_seconds()
+    started, cpu, client = time.perf_counter(), busy_seconds(), client_seconds()
     done = subprocess.run(
         [sys.executable, "-m", "invoke", "-f", str(config_file), "copy"], cwd=ROOT, capture_output=True, text=True
     )
     elapsed, cpu = time.perf_counter() - started, busy_seconds() - cpu
     if done.returncode != 0:
         raise SystemExit(f"inv copy failed ({done.returncode}): {done.stderr.strip()}")
-    return elapsed, cpu
+    return elapsed, cpu, client_seconds() - client
 
 
-def rsync_all(stages: dict[str, Path], nodes) -> tuple[float, float]:
-    """(wall seconds, machine CPU seconds) of one rsync per node at once, each sending its staged files."""
+def rsync_all(stages: dict[str, Path], nodes) -> tuple[float, float, float]:
+    """(wall seconds, machine and client CPU seconds) of one rsync per node at once, each sending its staged files."""
     os.sync()
-    started, cpu = time.perf_counter(), busy_seconds()
+    started, cpu, client = time.perf_counter(), busy_seconds(), client_seconds()
     procs = []
     for name, stage in stages.items():
         ssh = (
@@ -77,7 +85,7 @@ def rsync_all(stages: dict[str, Path], nodes) -> tuple[float, float]:
         _, err = proc.communicate()
         if proc.returncode:
             raise SystemExit(f"rsync failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
-    return time.perf_counter() - started, busy_seconds() - cpu
+    return time.perf_counter() - started, busy_seconds() - cpu, client_seconds() - client
 
 
 def staged(proj, base: Path) -> dict[str, Path]:
@@ -150,25 +158,29 @@ def main() -> None:
                         samples["rsync"].append(rsync_all(stages, nodes))
                         samples["rsync unchanged"].append(rsync_all(stages, nodes))
             cpus = os.cpu_count() or 1
-            medians = {case: statistics.median(w for w, _ in values) for case, values in samples.items()}
+            medians = {case: statistics.median(v[0] for v in values) for case, values in samples.items()}
             one = medians[1]
-            print(f"seconds, min / median / max of {runs} runs; CPU s of the whole machine (median)")
-            print(f"{'case':<24}{'seconds':>20}{'x 1 node':>10}{'MB/s':>8}{'CPU s':>8}")
+            print(
+                f"seconds, min / median / max of {runs} runs; CPU s (medians): of the whole machine, and of the "
+                "client processes alone (the one `inv` process; the rsync and ssh processes)"
+            )
+            print(f"{'case':<24}{'seconds':>20}{'x 1 node':>10}{'MB/s':>8}{'CPU s':>8}{'client':>8}")
             for case in (1, 3, 6, "unchanged", "rsync", "rsync unchanged"):
-                walls = [w for w, _ in samples[case]]
-                cpu = statistics.median(c for _, c in samples[case])
+                walls = [v[0] for v in samples[case]]
+                cpu = statistics.median(v[1] for v in samples[case])
+                client = statistics.median(v[2] for v in samples[case])
                 size = sum(sent[3 if isinstance(case, str) else case].values())
                 rate = f"{size / medians[case] / 1e6:>8.0f}" if "unchanged" not in str(case) else f"{'':>8}"
                 label = {3: "3 nodes (inv copy)", "unchanged": "3 nodes, unchanged", "rsync": "3 x rsync -e ssh"}.get(
                     case, f"{case} node(s)" if isinstance(case, int) else "3 x rsync, unchanged"
                 )
-                print(f"{label:<24}{spread(walls):>20}{medians[case] / one:>10.2f}{rate}{cpu:>8.2f}")
+                print(f"{label:<24}{spread(walls):>20}{medians[case] / one:>10.2f}{rate}{cpu:>8.2f}{client:>8.2f}")
             ratios = [a[0] / b[0] for a, b in zip(samples[3], samples["rsync"], strict=True)]
             print(
                 f"inv copy / rsync, 3 nodes, same bytes: {spread(ratios)} (goal median <= 1.0: "
                 f"{'met' if statistics.median(ratios) <= 1.0 else 'NOT met'})"
             )
-            three_cpu = statistics.median(c for _, c in samples[3])
+            three_cpu = statistics.median(v[1] for v in samples[3])
             print(
                 f"goal 3 nodes <= 1.3 x 1 node: {'met' if medians[3] <= 1.3 * one else 'NOT met'}"
                 f" ({medians[3] / one:.2f}; the CPU the 3-node copy needs, spread over {cpus} CPUs,"
