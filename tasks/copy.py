@@ -595,6 +595,11 @@ def copy_to(
             ) from err
         raise
     script = install_script(todo, tmp, token, user, activate, state_lines(items, sums, token), marker)
+    if activate and name:
+        from tasks import ui
+
+        # An activation may run for minutes (kubeadm pulls images): say so rather than look hung.
+        ui.progress(f"{name}: files in place; running the activation (up to {ACTIVATE_TIMEOUT // 60} min)")
     result = conn.run(_sudo(script), hide=True, warn=True)
     lines = result.stdout.splitlines()
     done = {line[5:] for line in lines if line.startswith("done|")}

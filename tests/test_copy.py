@@ -97,6 +97,13 @@ def node_files(ssh_nodes, node: str) -> list[str]:
     )
 
 
+def failure_lines(stderr: str) -> list[str]:
+    """stderr from the failure summary on: the progress notes before it (activations running) left out."""
+    lines = stderr.strip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("copy failed on")]
+    return lines[starts[-1] :] if starts else lines
+
+
 def rows(stdout: str) -> dict[str, list[str]]:
     """The result table's rows by node: uploaded, unchanged, failed, detail."""
     return {
@@ -290,7 +297,7 @@ def test_a_stopped_node_is_named_while_the_others_complete(ssh_nodes, cfg, tmp_p
     ssh_nodes.stop("calico-02")
     done = run_inv(tmp_path, "copy", config=cfg)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [
+    assert failure_lines(done.stderr) == [
         "copy failed on 1 node(s):",
         f"  calico-02 (127.0.0.2:{ssh_nodes.port}): connection refused (is sshd running?)",
     ]
@@ -304,7 +311,7 @@ def test_a_failed_install_stops_before_the_cloud_config(ssh_nodes, cfg, tmp_path
     ssh_nodes.path("calico-03", "/opt/bin/kubelet/x").mkdir(parents=True)
     done = run_inv(tmp_path, "copy", config=cfg)
     assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
+    lines = failure_lines(done.stderr)
     assert lines[0] == "copy failed on 1 node(s):"
     assert lines[1].startswith(f"  calico-03 (127.0.0.3:{ssh_nodes.port}): /opt/bin/kubelet: exited 1: mv:")
     assert not ssh_nodes.path("calico-03", cfg["cluster"]["user_data_path"]).exists()
@@ -328,7 +335,7 @@ def test_a_full_disk_leaves_the_old_file_whole_with_its_mode(ssh_nodes, cfg, tmp
                 f.flush()
         done = run_inv(tmp_path, "copy", config=cfg)
         assert done.returncode == 1
-        lines = done.stderr.strip().splitlines()
+        lines = failure_lines(done.stderr)
         assert lines[:1] == ["copy failed on 1 node(s):"]
         assert re.match(
             rf"  calico-02 \(127.0.0.2:{ssh_nodes.port}\): /opt/bin/kubelet: exited 1: install: .*No space left",
@@ -493,7 +500,7 @@ def test_a_failed_activation_runs_again_on_the_next_copy(ssh_nodes, cfg, tmp_pat
     )
     done = run_inv(tmp_path, "copy", config=cfg)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[1:] == [
+    assert failure_lines(done.stderr)[1:] == [
         f"  calico-0{i} (127.0.0.{i}:{ssh_nodes.port}): activate_command: exited 3: not ready" for i in (1, 2, 3)
     ]
     # Nothing changed since, yet the activation is due: it runs again (and fails again).
@@ -518,7 +525,7 @@ def test_a_hanging_activation_is_stopped_and_named(ssh_nodes, cfg, tmp_path, mon
     done = run_inv(tmp_path, "copy", config=cfg)
     assert time.monotonic() - started < 30
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[1:] == [
+    assert failure_lines(done.stderr)[1:] == [
         f"  calico-0{i} (127.0.0.{i}:{ssh_nodes.port}): cluster.activate_command timed out after 1 s: sleep 60 "
         "(it runs again on the next `inv copy`)"
         for i in (1, 2, 3)
