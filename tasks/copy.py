@@ -669,7 +669,35 @@ def copy(c, dry=False, force=False):
     project.stack.check_step("copy")
     wanted = plan(project)
     with Nodes(c, project) as group:
+        if not dry:
+            before_copy(project, group)
         copy_all(project.cluster, wanted, group, dry, force)
+
+
+def before_copy(project: Project, group) -> None:
+    """The stack's `before_copy` as root on the master (current: the bootstrap token, made again if it expired).
+
+    StepError naming the master when it fails: no worker is sent anything that could not join.
+    """
+    from invoke import UnexpectedExit
+
+    cluster = project.cluster
+    command = project.stack.before_copy.replace("{path}", shlex.quote(cluster.user_data_path))
+    if not command:
+        return
+    master = cluster.master.name
+    try:
+        conn = group.conn(master)
+    except Exception:  # unreachable, or its host key refused: the copy that follows names it with the others
+        return
+    try:
+        conn.run(_sudo(command), hide=True, in_stream=False)
+    except UnexpectedExit as err:
+        result = err.result
+        raise StepError(
+            f"copy: on {master}, before any node is copied: {project.stack.before_copy} exited {result.exited}: "
+            f"{last_line(result.stderr or result.stdout)}"
+        ) from None
 
 
 def copy_all(cluster: Cluster, wanted: dict[str, list[Item]], group, dry: bool = False, force: bool = False) -> None:

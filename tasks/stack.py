@@ -42,6 +42,9 @@ class Stack:
     steps: tuple = ()
     # The nodes run Docker: `vagrant up` pre-pulls vm.images, the pause and calico/node images with it.
     docker: bool = False
+    # Run as root on the master before `inv copy` touches any node, when it names a script that is there
+    # ({path}: cluster.user_data_path): the current stack makes the workers' bootstrap token again.
+    before_copy: str = ""
     # The mode of each node's configuration at cluster.user_data_path (0600: it holds a bootstrap token).
     user_data_mode: int = 0o644
     # Empty folders `inv copy` makes on every node (root's, 0755).
@@ -105,6 +108,7 @@ def load(name: str) -> Stack:
         folders=tuple(data.get("folders") or ()),
         docker=bool(data.get("docker")),
         user_data_mode=int(data.get("user_data_mode", "0644"), 8),
+        before_copy=data.get("before_copy", ""),
         mirror_dest=data.get("mirror_dest", ""),
         apply=bool(data.get("apply")),
         checks=data.get("checks") or {},

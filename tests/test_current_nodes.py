@@ -166,3 +166,29 @@ def test_the_kubeadm_configuration_with_its_token_is_root_s_alone_on_every_node(
     for name in ssh_nodes.names:
         info = ssh_nodes.path(name, "/etc/kubernetes/kubeadm.yaml").stat()
         assert (info.st_mode & 0o777, info.st_uid) == (0o600, 0)
+
+
+def test_a_node_added_a_day_later_joins_with_the_bootstrap_token_made_again(ssh_nodes, tmp_path):
+    """kubeadm lets the bootstrap token expire 24 h after init: copy makes it again on the master first."""
+    config = current_config(ssh_nodes, tmp_path)
+    config["cluster"]["hosts"] = ssh_nodes.hosts()[:2]
+    prepare(config)
+    ssh_nodes.reset()
+    ready_nodes(ssh_nodes, config)
+    assert run_inv(tmp_path, "copy", config=config).returncode == 0
+    token = (tmp_path / "out" / "pki" / "bootstrap-token").read_text().strip()
+    state = ssh_nodes.shared_dir() / "cluster.json"
+    cluster = json.loads(state.read_text())
+    assert cluster["tokens"] == [token]
+    state.write_text(json.dumps(dict(cluster, tokens=[])))  # a day later: expired
+
+    config["cluster"]["hosts"] = ssh_nodes.hosts()
+    assert run_inv(tmp_path, "render", config=config).returncode == 0
+    ready_nodes(ssh_nodes, config, discovery_timeout=5)  # a join that found no token would fail, not hang
+    done = run_inv(tmp_path, "copy", config=config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(n["name"] for n in shared_cluster(ssh_nodes)["nodes"]) == sorted(ssh_nodes.names)
+    assert shared_cluster(ssh_nodes)["tokens"] == [token]
+    # While the token lives, nothing is made again.
+    assert run_inv(tmp_path, "copy", config=config).returncode == 0
+    assert shared_cluster(ssh_nodes)["tokens"] == [token]

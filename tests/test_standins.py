@@ -104,6 +104,17 @@ class Node:
             args = (*args, "--config", str(self.write("/home/core/kubeadm.yaml", config)))
         return self.run("kubeadm", *args)
 
+    def kubeadm_process(self, *args: str, config: str) -> subprocess.Popen:
+        """kubeadm running in the background (a join waiting for the control plane)."""
+        args = (*args, "--config", str(self.write("/home/core/kubeadm.yaml", config)))
+        return subprocess.Popen(
+            [sys.executable, str(STANDINS / "kubeadm"), *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def systemctl(self, *args: str) -> subprocess.CompletedProcess:
         return self.run("systemctl", *args)
 
@@ -250,15 +261,32 @@ def test_a_ca_lost_to_reset_becomes_a_new_one_and_the_workers_pin_fails(initiali
     )
 
 
-def test_join_with_an_unknown_token_is_refused(initialised, worker, shared):
+def test_join_with_an_unknown_token_asks_again_then_is_refused(initialised, worker, shared):
+    worker.scenario(kubeadm={"discovery_timeout": 1.5})
     done = worker.kubeadm("join", config=join_config(cluster_state(shared)["ca_hash"], token="zyxwvu.0123456789abcdef"))
 
-    assert (done.returncode, done.stderr) == (
-        1,
+    assert done.returncode == 1
+    assert 'does not yet contain a JWS signature for token ID "zyxwvu", will try again' in done.stderr
+    assert done.stderr.endswith(
         "error: error execution phase preflight: couldn't validate the identity of the API Server: could not find "
-        'a JWS signature in the cluster-info ConfigMap for token ID "zyxwvu"\n' + STACK_HINT,
+        'a JWS signature in the cluster-info ConfigMap for token ID "zyxwvu"\n' + STACK_HINT
     )
     assert [n["name"] for n in cluster_state(shared)["nodes"]] == ["calico-01"]
+
+
+def test_a_token_created_on_the_control_plane_lets_a_waiting_join_through(initialised, worker, shared, tmp_path):
+    worker.scenario(kubeadm={"discovery_timeout": 30})
+    new = "zyxwvu.0123456789abcdef"
+    joining = worker.kubeadm_process("join", config=join_config(cluster_state(shared)["ca_hash"], token=new))
+    listed = initialised.kubeadm("token", "list")
+    assert listed.returncode == 0 and new not in listed.stdout
+    created = initialised.kubeadm("token", "create", new, "--ttl", "24h0m0s")
+    assert (created.returncode, created.stdout) == (0, new + "\n")
+    assert new in initialised.kubeadm("token", "list").stdout
+    again = initialised.kubeadm("token", "create", new)
+    assert again.returncode == 1 and 'secrets "bootstrap-token-zyxwvu" already exists' in again.stderr
+    assert joining.wait(timeout=30) == 0, joining.stderr.read()
+    assert "calico-02" in [n["name"] for n in cluster_state(shared)["nodes"]]
 
 
 def test_join_to_another_endpoint_meets_a_refused_connection(initialised, worker, shared):
