@@ -36,6 +36,17 @@ CNI = "/projectcalico/calico-cni/releases/download/v1.0.0/"
 SNE = "/kelseyhightower/setup-network-environment/releases/download/1.0.1/setup-network-environment"
 
 
+class Backlogged(ThreadingHTTPServer):
+    """A threading HTTP server whose listen queue takes a burst of connections, as a real web server's does.
+
+    socketserver's default of 5 makes the kernel drop the SYNs of a sixth simultaneous connection, which
+    then waits a second for its retransmission: a download's connect timeout would take this machine's
+    test server for a firewall.
+    """
+
+    request_queue_size = 128
+
+
 class FileServer:
     """Files (bytes or paths on disk) by URL path, with hooks; `rate` bytes/s and `latency` s per response.
 
@@ -57,7 +68,7 @@ class FileServer:
         self.connections = 0
         self.rate, self.latency, self.validator, self.ranges = rate, latency, validator, ranges
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = Backlogged(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         if tls is not None:
             self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
