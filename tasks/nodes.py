@@ -400,6 +400,18 @@ def login_options(project, target, rule: HostKeyRule, ssh_config: bool) -> list[
     ]
 
 
+def ssh_argv(project, target, rule: HostKeyRule, ssh_config: bool) -> list[str]:
+    """OpenSSH's `ssh` to `target`, as the tasks' connections reach it (user, port, keys, host keys checked the
+    same way), up to the host name: a command may follow. No configured value can read as an option."""
+    argv = ["ssh", *login_options(project, target, rule, ssh_config)]
+    if not ssh_config:
+        argv += ["-F", "/dev/null"]  # the provider's details are complete: the user's `Host *` must not bend them
+    argv += ["-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={project.ssh_timeout}"]
+    for key in target.key_files:
+        argv += ["-i", key, "-o", "IdentitiesOnly=yes"]
+    return [*argv, "--", target.host]
+
+
 def where(conn) -> str:
     return f"{conn.host}:{conn.port}"
 
@@ -462,10 +474,11 @@ class Nodes:
         if accept:
             self.rule = HostKeyRule(self.rule.project_file, "pin", pin=accept)
         self.connections: dict = {}
+        self.targets: dict = {}
         self._locks = {name: threading.Lock() for name in self.names}
 
     def __enter__(self) -> "Nodes":
-        targets = self.provider.targets(self.names)
+        targets = self.targets = self.provider.targets(self.names)
         if self.rule.mode == "off" and self.names:
             progress(OFF_WARNING)
         self.connections = {
@@ -488,6 +501,14 @@ class Nodes:
 
     def __getitem__(self, name: str):
         return self.connections[name]
+
+    def ssh(self, name: str) -> list[str] | None:
+        """OpenSSH's `ssh` to node `name`, as its connection reaches it (see ssh_argv); None without an ssh here."""
+        import shutil
+
+        if not shutil.which("ssh"):
+            return None
+        return ssh_argv(self.project, self.targets[name], self.rule, self.provider.load_ssh_config)
 
     def conn(self, name: str):
         """Node `name`'s connection, opened (once, whichever thread asks first)."""

@@ -288,14 +288,10 @@ class Hosts(Provider):
         rule = self.host_key_rule()
         if rule.mode == "off":
             ui.progress(nodes.OFF_WARNING)
-        argv = ["ssh", *nodes.login_options(self.project, t, rule, self.load_ssh_config)]
-        argv += ["-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={self.project.ssh_timeout}"]
-        for key in t.key_files:
-            argv += ["-i", key, "-o", "IdentitiesOnly=yes"]
+        argv = nodes.ssh_argv(self.project, t, rule, self.load_ssh_config)
         if command and sys.stdin.isatty():
-            argv.append("-t")
-        argv += ["--", t.host] + ([command] if command else [])
-        return argv, dict(os.environ), os.getcwd()
+            argv.insert(1, "-t")
+        return argv + ([command] if command else []), dict(os.environ), os.getcwd()
 
     def destroy(self, ask) -> None:
         raise StepError(

@@ -702,3 +702,42 @@ def test_no_stack_sends_the_ca_key(cfg):
     bad = dataclasses.replace(proj, stack=dataclasses.replace(proj.stack, pki_files={"master": ("ca.crt", "ca.key")}))
     with pytest.raises(copy.StepError, match=r"stack seed: pki_files of role master lists ca.key: only ca.crt, "):
         copy.pki_names(bad, "master")
+
+
+def landed(ssh_nodes, cfg) -> bool:
+    """Every node has every file it must get, byte for byte."""
+    for node in ssh_nodes.names:
+        for target, (source, _, _) in expected(cfg, node).items():
+            if source is not None and ssh_nodes.path(node, target).read_bytes() != source.read_bytes():
+                return False
+    return True
+
+
+def test_the_bytes_go_over_openssh_checking_the_host_key_as_the_connections_do(ssh_nodes, cfg, tmp_path, monkeypatch):
+    """OpenSSH's ssh carries the bytes (a process per node); a wrapper on PATH records how it is called."""
+    calls = tmp_path / "ssh-calls"
+    wrapper = tmp_path / "bin" / "ssh"
+    wrapper.parent.mkdir()
+    real = shutil.which("ssh")
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 0, done.stderr
+    assert landed(ssh_nodes, cfg)
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 3  # one stream a node
+    known_hosts = Path(cfg["paths"]["output"]) / "known_hosts"
+    for line in lines:
+        assert f'UserKnownHostsFile="{known_hosts}"' in line and "StrictHostKeyChecking=accept-new" in line
+        assert "IdentitiesOnly=yes" in line and line.endswith(" -C /home/core/" + line.rsplit("/", 1)[-1])
+        assert " tar -x -f - -C /home/core/.inv-copy-" in line
+
+
+def test_without_openssh_the_bytes_go_over_sftp(ssh_nodes, cfg, tmp_path, monkeypatch):
+    from tasks import nodes
+
+    monkeypatch.setattr(nodes.Nodes, "ssh", lambda self, name: None)
+    done = run_inv(tmp_path, "copy", config=cfg)
+    assert done.returncode == 0, done.stderr
+    assert landed(ssh_nodes, cfg)
