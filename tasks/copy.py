@@ -1,31 +1,36 @@
-"""`inv copy`: binaries, certificates, manifests and cloud-config onto every node.
+"""`inv copy`: binaries, certificates, manifests and each node's configuration onto every node.
 
 Replaces the seed's NFS synced folder, its key.sh (a CA made on every node)
-and its file provisioners. On all nodes in parallel, over one SFTP session
-each, what the node's role needs (stack data: an artifact's `roles`, the
-stack's `pki_files`): the downloaded binaries (/opt/bin, /opt/cni/bin), the
-directory /opt/kubernetes/manifests, the PKI to /srv/kubernetes (keys 0600),
-the addon manifests to the master's home, and the node's cloud-config LAST at
-cluster.user_data_path, so that its units find their binaries and certificates
-when they start; then cluster.activate_command, if set, bounded by
-ACTIVATE_TIMEOUT. Files other roles get that an earlier copy left on a node
-(a worker's server.key) are removed.
+and its file provisioners. On all nodes in parallel, what the node's role
+needs (stack data: an artifact's `roles`, the stack's `pki_files` and
+`files`): for the seed, the downloaded binaries (/opt/bin, /opt/cni/bin), the
+PKI to /srv/kubernetes (keys 0600), the addon manifests to the master's home;
+for the current stack, its units, containerd and kernel settings, the CA on
+the master. The node's configuration (the seed's cloud-config, the current
+stack's kubeadm configuration) goes LAST to cluster.user_data_path, so that
+what it starts finds its binaries and certificates; then
+cluster.activate_command, if set, bounded by ACTIVATE_TIMEOUT. Files other
+roles get that an earlier copy left on a node (a worker's server.key) are
+removed. The stack's `before_copy` runs on the master first.
 
 Before any node is touched, every downloaded file is checked against its pin
 or the lock file: a binary changed since `inv download` is refused.
 
-Every file is uploaded to a temporary folder in the user's home, copied by
-root to a temporary name beside its target (same folder, same filesystem) and
-renamed over it: when the disk fills or the connection drops, the old file is
-still there, whole, with its mode. Temporary names start with `.inv-copy-`;
-they are removed on success, on failure and on Ctrl-C, and what an
-interrupted run left is removed by the next one.
+A node's new files travel as one tar stream over OpenSSH's ssh (host keys
+checked as the tasks' connections check them), which root's tar writes at
+temporary names beside their targets, 0600 root; without an ssh program they
+go over SFTP to a folder in the user's home and root copies them beside their
+targets. Root then gives each its mode and owner and renames it over its
+target: when the disk fills or the connection drops, the old file is still
+there, whole, with its mode. Temporary names start with `.inv-copy-`; they are
+removed on success, on failure and on Ctrl-C, and what an interrupted run left
+is removed by the next one.
 
 A file whose remote sha256, mode and owner already match is skipped: a re-run
 uploads nothing. Root's record of the installed files' sums (and of the last
 activation that succeeded) lives in STATE_DIR, a folder only root can write;
 a damaged record is ignored and every file hashed again. When anything else on
-a node changed, or the last activation did not succeed, its cloud-config is
+a node changed, or the last activation did not succeed, its configuration is
 installed and activated again, so units restart onto the new files.
 """
 
@@ -437,14 +442,22 @@ def needed(
 
 
 def install_script(
-    items: list[Item], tmp: str, token: str, user: str, activate: str, record: list[str], marker: str = ""
+    items: list[Item],
+    tmp: str,
+    token: str,
+    user: str,
+    activate: str,
+    record: list[str],
+    marker: str = "",
+    streamed: bool = False,
 ) -> str:
     """Root's shell script putting uploaded files in place, in order; prints `done|TARGET` after each.
 
-    Each file is copied to `.inv-copy-TOKEN-N` beside its target, with its
-    mode and owner, and renamed over it. Whatever way the script ends, its
-    temporary files and the upload folder `tmp` go. The record is written
-    before the activation, the activation's line only after it succeeded.
+    Each file is copied from the upload folder `tmp` to `.inv-copy-TOKEN-N`
+    beside its target (`streamed`: it is there already, root's), given its
+    mode and owner, and renamed over the target. Whatever way the script
+    ends, its temporary files and `tmp` go. The record is written before the
+    activation, the activation's line only after it succeeded.
     """
     temps = [f"{shlex.quote(p)}/{TEMP}{token}-*" for p in _folders([*(i.target for i in items if not i.is_dir), STATE])]
     lines = [
@@ -460,12 +473,16 @@ def install_script(
         owner = (
             f'-o {shlex.quote(user)} -g "$(id -g {shlex.quote(user)})"' if item.owner == "user" else "-o root -g root"
         )
+        temporary = shlex.quote(beside(item.target, token, index))
         if item.is_dir:
             lines.append(f"install -d -m {item.mode:04o} {owner} {target}")
+        elif streamed:
+            who = f'{shlex.quote(user)}:"$(id -g {shlex.quote(user)})"' if item.owner == "user" else "root:root"
+            lines.append(f"chown {who} {temporary} && chmod {item.mode:04o} {temporary}")
+            lines.append(f"mv -fT {temporary} {target}")
         else:
-            beside = shlex.quote(f"{posixpath.dirname(item.target)}/{TEMP}{token}-{index}")
-            lines.append(f"install -D -T -m {item.mode:04o} {owner} {shlex.quote(f'{tmp}/{index}')} {beside}")
-            lines.append(f"mv -fT {beside} {target}")
+            lines.append(f"install -D -T -m {item.mode:04o} {owner} {shlex.quote(f'{tmp}/{index}')} {temporary}")
+            lines.append(f"mv -fT {temporary} {target}")
         lines.append(f"echo {shlex.quote('done|' + item.target)}")
     lines += [f"rm -rf -- {shlex.quote(tmp)}", *record]
     if activate:
@@ -487,9 +504,15 @@ class StreamFailed(OSError):
         self.lost, self.at = lost, at
 
 
-def stream(ssh: list[str], sources: list[tuple[int, Path]], folder: str, advance=None, stop=None) -> None:
-    """Send each (index, file) into `folder` on the node, named by its index, as ONE tar stream to `tar -x`
-    over OpenSSH's ssh (its own process: the encryption of several nodes' streams runs on several CPUs).
+def beside(target: str, token: str, index: int) -> str:
+    """The temporary name item `index` has beside its target until root renames it over the target."""
+    return f"{posixpath.dirname(target)}/{TEMP}{token}-{index}"
+
+
+def stream(ssh: list[str], sources: list[tuple[str, Path]], advance=None, stop=None) -> None:
+    """Send each (node path, file) as ONE tar stream over OpenSSH's ssh, which root's `tar -x` writes at those
+    paths, 0600 root: the bytes are never in a file another user can write, and never copied again on the node.
+    ssh is a process of its own: the encryption of several nodes' streams runs on several CPUs.
 
     Raises Interrupted once `stop` is set, StreamFailed when ssh or tar fails.
     """
@@ -500,7 +523,7 @@ def stream(ssh: list[str], sources: list[tuple[int, Path]], folder: str, advance
     # OpenSSH's default ChaCha20-Poly1305, and the bulk of a copy is encryption.
     ciphers = ["-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"]
     proc = subprocess.Popen(
-        [ssh[0], *ciphers, *ssh[1:], f"tar -x -f - -C {shlex.quote(folder)}"],
+        [ssh[0], *ciphers, *ssh[1:], "sudo -n tar -x -f - -C /"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -508,11 +531,11 @@ def stream(ssh: list[str], sources: list[tuple[int, Path]], folder: str, advance
     assert proc.stdin is not None and proc.stderr is not None
     at = -1
     try:
-        for position, (index, source) in enumerate(sources):
+        for position, (where, source) in enumerate(sources):
             at = position  # the file being sent when ssh or tar fails
             size = source.stat().st_size
-            header = tarfile.TarInfo(str(index))
-            header.size, header.mode = size, 0o600
+            header = tarfile.TarInfo(where.lstrip("/"))
+            header.size, header.mode, header.uname, header.gname = size, 0o600, "root", "root"
             proc.stdin.write(header.tobuf(format=tarfile.GNU_FORMAT))
             with open(source, "rb") as local:
                 while data := local.read(REQUEST_SIZE * 4):
@@ -538,7 +561,9 @@ def stream(ssh: list[str], sources: list[tuple[int, Path]], folder: str, advance
                 pass
     message = proc.stderr.read().decode(errors="replace")
     if proc.wait() != 0:
-        raise StreamFailed(last_line(message), proc.returncode == 255, max(at, 0))
+        # tar goes on after a file it cannot write: the first such file is the one to name.
+        first = next((line.strip() for line in message.splitlines() if TEMP in line), last_line(message))
+        raise StreamFailed(first, proc.returncode == 255, max(at, 0))
 
 
 def upload(sftp, source: Path, remote: str, advance=None, stop: threading.Event | None = None) -> None:
@@ -627,7 +652,10 @@ def copy_to(
             conn.run(_sudo("set -e\n" + "\n".join(state_lines(items, sums, token, marker))), hide=True)
         return report
     tmp = f"{home}/{TEMP}{token}"
-    sftp.mkdir(tmp, 0o700)
+    files = [(index, i) for index, i in enumerate(todo) if not i.is_dir]
+    streamed = bool(ssh and files)
+    if not streamed:
+        sftp.mkdir(tmp, 0o700)
     advance = None
     if bars is not None:
         bar = bars.add_task(name, total=sum(i.file.stat().st_size for i in todo if not i.is_dir))
@@ -636,26 +664,27 @@ def copy_to(
             bars.advance(bar, count)
 
     item = todo[0]
-    files = [(index, i) for index, i in enumerate(todo) if not i.is_dir]
     try:
-        if ssh and files:
-            stream(ssh, [(index, i.file) for index, i in files], tmp, advance, stop)
-        for index, item in files if not ssh else ():
+        if ssh and streamed:
+            stream(ssh, [(beside(i.target, token, index), i.file) for index, i in files], advance, stop)
+        for index, item in files if not streamed else ():
             upload(sftp, item.file, f"{tmp}/{index}", advance, stop)
         go_on()
     except BaseException as err:
         import paramiko
 
         transport = conn.transport
-        if isinstance(err, StreamFailed):
-            item = files[err.at][1]
+        if isinstance(err, StreamFailed):  # the file tar names, else the one being sent
+            named = re.search(rf"{re.escape(TEMP + token)}-(\d+)", str(err))
+            item = todo[int(named[1])] if named else files[err.at][1]
         lost = (
             isinstance(err, (EOFError, paramiko.SSHException))
             or (isinstance(err, StreamFailed) and err.lost)
             or (isinstance(err, OSError) and not (transport and transport.is_active()))
         )
+        temporaries = " ".join(f"{shlex.quote(p)}/{TEMP}{token}-*" for p in _folders(i.target for _, i in files))
         try:
-            conn.run(f"rm -rf -- {shlex.quote(tmp)}", hide=True, warn=True)
+            conn.run(_sudo(f"rm -rf -- {shlex.quote(tmp)} {temporaries}"), hide=True, warn=True)
         except Exception:  # the connection itself broke: report the upload's error, not this one's
             pass
         if lost:
@@ -663,8 +692,10 @@ def copy_to(
                 f"{item.target}: connection lost during the upload ({describe(err)}); every file on the node "
                 f"is still whole, and the next `inv copy` goes on from there"
             ) from err
+        if isinstance(err, StreamFailed):  # tar's own words: a full disk, a missing sudo
+            raise StepError(f"{item.target}: {err}") from err
         raise
-    script = install_script(todo, tmp, token, user, activate, state_lines(items, sums, token), marker)
+    script = install_script(todo, tmp, token, user, activate, state_lines(items, sums, token), marker, streamed)
     if activate and name:
         from tasks import ui
 

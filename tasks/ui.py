@@ -78,7 +78,7 @@ def transfer_bars():
 
 
 # Lines programs print after their error that say nothing about it (kubeadm's, kubectl's).
-HINTS = ("To see the stack trace of this error", "Run 'kubectl ")
+HINTS = ("To see the stack trace of this error", "Run 'kubectl ", "tar: Exiting with failure status")
 
 
 def last_line(text: str) -> str:
