@@ -49,7 +49,7 @@ def busy_seconds() -> float:
 
 
 def client_seconds() -> float:
-    """CPU time of this benchmark's finished children: the `inv` process, or the rsync and ssh clients."""
+    """CPU time of this benchmark's finished children and theirs: `inv` and its ssh, or the rsync and ssh clients."""
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -162,7 +162,7 @@ def main() -> None:
             one = medians[1]
             print(
                 f"seconds, min / median / max of {runs} runs; CPU s (medians): of the whole machine, and of the "
-                "client processes alone (the one `inv` process; the rsync and ssh processes)"
+                "client processes alone (`inv` with its ssh processes; the rsync and ssh processes)"
             )
             print(f"{'case':<24}{'seconds':>20}{'x 1 node':>10}{'MB/s':>8}{'CPU s':>8}{'client':>8}")
             for case in (1, 3, 6, "unchanged", "rsync", "rsync unchanged"):

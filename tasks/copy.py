@@ -509,25 +509,48 @@ def beside(target: str, token: str, index: int) -> str:
     return f"{posixpath.dirname(target)}/{TEMP}{token}-{index}"
 
 
-def stream(ssh: list[str], sources: list[tuple[str, Path]], advance=None, stop=None) -> None:
-    """Send each (node path, file) as ONE tar stream over OpenSSH's ssh, which root's `tar -x` writes at those
-    paths, 0600 root: the bytes are never in a file another user can write, and never copied again on the node.
-    ssh is a process of its own: the encryption of several nodes' streams runs on several CPUs.
+def open_stream(ssh: list[str]):
+    """OpenSSH's ssh running root's `tar -x` at / on the node, reading an archive from its stdin (`stream`).
 
-    Raises Interrupted once `stop` is set, StreamFailed when ssh or tar fails.
+    Started before the node is checked, so that its connection is made meanwhile.
     """
     import subprocess
-    import tarfile
 
     # AES-GCM first, as for the tasks' own connections: with AES instructions it costs less CPU than
     # OpenSSH's default ChaCha20-Poly1305, and the bulk of a copy is encryption.
     ciphers = ["-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"]
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [ssh[0], *ciphers, *ssh[1:], "sudo -n tar -x -f - -C /"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def end_stream(proc) -> None:
+    """An `open_stream` nothing was sent on (nothing changed, or the copy stopped first): stopped at once.
+
+    Not a byte of an archive reached its tar, which therefore writes nothing.
+    """
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pipe in (proc.stdin, proc.stderr):
+        try:
+            pipe.close()
+        except OSError:
+            pass
+
+
+def stream(proc, sources: list[tuple[str, Path]], advance=None, stop=None) -> None:
+    """Send each (node path, file) as ONE tar archive into `proc` (open_stream), which root's `tar -x` writes at
+    those paths, 0600 root: the bytes are never in a file another user can write, and never copied again on the
+    node. ssh is a process of its own: the encryption of several nodes' streams runs on several CPUs.
+
+    Raises Interrupted once `stop` is set, StreamFailed when ssh or tar fails.
+    """
+    import tarfile
+
     assert proc.stdin is not None and proc.stderr is not None
     at = -1
     try:
@@ -600,7 +623,7 @@ def copy_to(
     force: bool = False,
     ssh: list[str] | None = None,
 ) -> Report:
-    """Bring one node up to date over one SSH connection and one SFTP session.
+    """Bring one node up to date over one SSH connection (and, for the bytes, OpenSSH's ssh or SFTP).
 
     `sums` is a Future of the local files' sha256s (computed while connecting);
     `bars`, on a terminal, shows the bytes sent to node `name`. Once `stop` is
@@ -610,6 +633,16 @@ def copy_to(
     (Nodes.ssh), which carries the files' bytes when there is one; else they go over SFTP.
     The report names files as planned (~/ for the home).
     """
+    proc = open_stream(ssh) if ssh and not dry else None  # connects while the node is checked
+    try:
+        return _copy_to(conn, items, sums, activate, dry, bars, name, stop, extra, force, proc)
+    finally:
+        if proc is not None:
+            end_stream(proc)
+
+
+def _copy_to(conn, items, sums, activate, dry, bars, name, stop, extra, force, proc) -> Report:
+    """copy_to's work, with `proc` the node's `open_stream` (None: the bytes go over SFTP)."""
     import secrets
 
     stop = stop or threading.Event()
@@ -653,7 +686,7 @@ def copy_to(
         return report
     tmp = f"{home}/{TEMP}{token}"
     files = [(index, i) for index, i in enumerate(todo) if not i.is_dir]
-    streamed = bool(ssh and files)
+    streamed = bool(proc and files)
     if not streamed:
         sftp.mkdir(tmp, 0o700)
     advance = None
@@ -665,8 +698,8 @@ def copy_to(
 
     item = todo[0]
     try:
-        if ssh and streamed:
-            stream(ssh, [(beside(i.target, token, index), i.file) for index, i in files], advance, stop)
+        if streamed:
+            stream(proc, [(beside(i.target, token, index), i.file) for index, i in files], advance, stop)
         for index, item in files if not streamed else ():
             upload(sftp, item.file, f"{tmp}/{index}", advance, stop)
         go_on()
