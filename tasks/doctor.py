@@ -252,6 +252,19 @@ def ssh_row(name: str, where: str, state: str, found: str, todo: str = "") -> Ro
     return Row(f"ssh {name}", state, f"{where}: {found}", todo)
 
 
+def ssh_client_row(output: str | None) -> Row:
+    """OpenSSH's ssh (`ssh -V`): `inv copy` sends each node's files through it; without it, over SFTP, slower."""
+    if output is None:
+        return Row(
+            "ssh client",
+            WARN,
+            "not installed: `inv copy` sends files over SFTP instead, slower",
+            "install OpenSSH's client (Debian/Ubuntu: apt-get install openssh-client)",
+        )
+    version = re.search(r"OpenSSH_[\w.]+", output)
+    return Row("ssh client", OK, version.group(0) if version else output.strip()[:40])
+
+
 def render_row(changed: list[str] | None) -> Row:
     """Whether the last render still describes the configured machines; None: nothing rendered yet."""
     if changed is None:
@@ -482,6 +495,7 @@ def project_rows(c, project) -> list[Row]:
     rows = PROVIDER_ROWS[project.cluster.provider](providers.of(project, c, stale_ok=True))
     rendered = render.last_render(project.output_dir)
     rows.append(render_row(None if rendered is None else render.changes(rendered, project)))
+    rows.append(ssh_client_row(output_of("ssh", "-V")))
     pending = pending_downloads(project)
     rows.append(disk_row(project.downloads_dir, free_space(project.downloads_dir), pending))
     hosts = hosts_of(project)

@@ -235,6 +235,7 @@ def test_doctor_with_everything_in_place_exits_0(tmp_path, server):
         "host-only network": OK,
         "memory": OK,
         "render": OK,
+        "ssh client": OK,
         "disk": OK,
         f"host {server.base}": OK,
     }
@@ -263,8 +264,10 @@ def test_doctor_names_each_missing_thing_of_vagrant_and_exits_1(tmp_path, server
         f"add the line `* 172.18.18.0/24` to {conf} (as root), or choose cluster.network and cluster.first_ip inside 192.168.56.0/21",
     ]
     assert table["memory"][0] == MISSING
+    assert table["ssh client"][0] == doctor.WARN  # not on this PATH either: a warning, copy has SFTP
     assert done.stderr.strip() == (
-        "doctor: 4 missing for stack seed on provider vagrant: vagrant, VirtualBox, host-only network, memory"
+        "doctor: 4 missing for stack seed on provider vagrant: vagrant, VirtualBox, host-only network, memory; "
+        "1 warning(s): ssh client"
     )
 
 
@@ -431,3 +434,12 @@ def test_up_stops_before_vagrant_up_without_the_memory_for_the_vms(tmp_path):
     assert done.returncode == 1
     assert done.stderr.startswith("memory: 3 VM(s) to start x 1000000000 MB = 3000000000 MB, ")
     assert done.stderr.strip().endswith("MB free: close programs, or lower cluster.num_instances or vm.memory")
+
+
+def test_ssh_client_row():
+    """OpenSSH's client carries `inv copy`'s bytes; without one the copy still works, over SFTP: a warning."""
+    found = doctor.ssh_client_row("OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15 3 Sep 2024\n")
+    assert found == doctor.Row("ssh client", OK, "OpenSSH_9.2p1")
+    missing = doctor.ssh_client_row(None)
+    assert missing.state == doctor.WARN and "over SFTP" in missing.found
+    assert "openssh-client" in missing.message
