@@ -504,6 +504,20 @@ class StreamFailed(OSError):
         self.lost, self.at = lost, at
 
 
+def chunks(source: Path, advance=None, stop: threading.Event | None = None):
+    """The bytes of `source` in large pieces, each counted by `advance` once the caller has sent it.
+
+    Raises Interrupted, between two pieces, once `stop` is set.
+    """
+    with open(source, "rb") as local:
+        while data := local.read(REQUEST_SIZE * 4):
+            if stop is not None and stop.is_set():
+                raise Interrupted()
+            yield data
+            if advance:
+                advance(len(data))
+
+
 def beside(target: str, token: str, index: int) -> str:
     """The temporary name item `index` has beside its target until root renames it over the target."""
     return f"{posixpath.dirname(target)}/{TEMP}{token}-{index}"
@@ -560,13 +574,8 @@ def stream(proc, sources: list[tuple[str, Path]], advance=None, stop=None) -> No
             header = tarfile.TarInfo(where.lstrip("/"))
             header.size, header.mode, header.uname, header.gname = size, 0o600, "root", "root"
             proc.stdin.write(header.tobuf(format=tarfile.GNU_FORMAT))
-            with open(source, "rb") as local:
-                while data := local.read(REQUEST_SIZE * 4):
-                    if stop is not None and stop.is_set():
-                        raise Interrupted()
-                    proc.stdin.write(data)
-                    if advance:
-                        advance(len(data))
+            for data in chunks(source, advance, stop):
+                proc.stdin.write(data)
             proc.stdin.write(b"\0" * (-size % 512))
         proc.stdin.write(b"\0" * 1024)  # the end of the archive
         proc.stdin.close()
@@ -596,15 +605,11 @@ def upload(sftp, source: Path, remote: str, advance=None, stop: threading.Event 
     256 KiB, which makes the copy to several nodes about 1.5 times faster.
     Raises Interrupted, between two chunks, once `stop` is set.
     """
-    with open(source, "rb") as local, sftp.open(remote, "wb") as out:
+    with sftp.open(remote, "wb") as out:
         out.set_pipelined(True)
         out.MAX_REQUEST_SIZE = REQUEST_SIZE
-        while data := local.read(REQUEST_SIZE * 4):
-            if stop is not None and stop.is_set():
-                raise Interrupted()
+        for data in chunks(source, advance, stop):
             out.write(data)
-            if advance:
-                advance(len(data))
     size, sent = source.stat().st_size, sftp.stat(remote).st_size
     if sent != size:
         raise OSError(f"{remote}: {sent} of {size} bytes arrived")
